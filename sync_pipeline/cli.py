@@ -1,0 +1,210 @@
+"""The `sync-pipeline` command: sync, sandbox, status (CONTRACT §5)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime
+
+from .domain import EntityType, SyncMode, SyncStatus, format_time, parse_time, resolve_window, utcnow
+from .errors import EntityBusy
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS, EXIT_BUSY = 0, 1, 2, 3
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        self.exit(EXIT_BAD_ARGS, f"sync-pipeline: error: {message}\n")
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+
+
+def _entities(text: str) -> list[EntityType]:
+    if text == "all":
+        return list(EntityType)
+    try:
+        return [EntityType.parse(text)]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="sync-pipeline", description="Catalogue sync: product service -> gateway.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    sync = commands.add_parser("sync", help="run one sync through Dagster, in this process")
+    sync.add_argument("entity", type=_entities, metavar="{PRODUCT,COLLECTION,all}")
+    sync.add_argument("--mode", choices=[m.value for m in SyncMode], default=SyncMode.LATEST.value)
+    sync.add_argument("--sync-to", type=_time, help="latest: up to this time, exclusive (default now)")
+    sync.add_argument("--start", type=_time, help="historic: records updated from this time (inclusive)")
+    sync.add_argument("--end", type=_time, help="historic: up to this time (exclusive)")
+    sync.add_argument("--allow-deletions", action="store_true", help="full: delete even above the safety share")
+
+    sandbox = commands.add_parser("sandbox", help="serve the sandbox product service and gateway")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--products", type=int, default=5000)
+    sandbox.add_argument("--collections", type=int, default=200)
+    sandbox.add_argument("--seed", type=int, default=42)
+    sandbox.add_argument("--faults", default="none")
+    sandbox.add_argument("--state-file", help="keep the gateway's holdings in this file across restarts")
+
+    status = commands.add_parser("status", help="print sync status and recent history")
+    status.add_argument("entity", nargs="?", type=_entities, default=list(EntityType), metavar="ENTITY")
+    status.add_argument("--limit", type=int, default=10)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "sync":
+        return _sync(args)
+    if args.command == "sandbox":
+        return _sandbox(args)
+    return _status(args)
+
+
+def _check_sync_args(parser_error, args) -> None:
+    mode = SyncMode(args.mode)
+    if mode is SyncMode.HISTORIC:
+        if args.start is None or args.end is None:
+            parser_error("--mode historic needs --start and --end")
+    elif args.start is not None or args.end is not None:
+        parser_error("--start and --end are for --mode historic")
+    if args.sync_to is not None and mode is not SyncMode.LATEST:
+        parser_error("--sync-to is for --mode latest")
+    try:
+        resolve_window(mode, now=utcnow(), watermark=None, sync_to=args.sync_to, start=args.start, end=args.end)
+    except ValueError as error:
+        parser_error(str(error))
+
+
+def _sync(args) -> int:
+    def bad(message: str) -> None:
+        print(f"sync-pipeline: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_ARGS)
+
+    _check_sync_args(bad, args)
+    _default_dagster_home()
+    from dagster import DagsterInstance
+
+    from .defs import defs
+    from .defs.assets import ENTITY_TAG, SYNC_ID_TAG
+    from .defs.definitions import job_name
+    from .settings import state_url
+    from .state import StateStore
+
+    state = StateStore(state_url())
+    mode = SyncMode(args.mode)
+    worst = EXIT_OK
+    with DagsterInstance.get() as instance:
+        for entity in args.entity:
+            try:
+                sync = state.enqueue_sync(
+                    entity, mode, origin="cli", sync_to=args.sync_to, start=args.start, end=args.end,
+                    allow_deletions=args.allow_deletions,
+                )
+            except EntityBusy as busy:
+                print(f"sync-pipeline: {busy}", file=sys.stderr)
+                worst = max(worst, EXIT_BUSY)
+                continue
+            print(f"{entity.value}: sync {sync.sync_id} ({mode.value}) started")
+            result = defs.resolve_job_def(job_name(entity)).execute_in_process(
+                instance=instance,
+                tags={SYNC_ID_TAG: sync.sync_id, ENTITY_TAG: entity.value},
+                raise_on_error=False,
+            )
+            final = state.get_sync(sync.sync_id)
+            if final.status.is_active:  # the run died before a step could close the sync
+                message = f"run {result.run_id} ended without finishing the sync"
+                final = state.finish_sync(sync.sync_id, SyncStatus.FAILED, error_message=message)
+            print(_summary(final))
+            if not final.status.is_success:
+                worst = max(worst, EXIT_FAILED)
+    state.dispose()
+    return worst
+
+
+def _summary(sync) -> str:
+    line = (
+        f"{sync.entity_type.value}: {sync.status.code} {sync.status.text}: fetched {sync.fetched},"
+        f" rejected {sync.rejected}, published {sync.published}, refused {sync.failed},"
+        f" deleted {sync.deleted}, batches {sync.batches}"
+    )
+    if sync.num_records is not None:
+        line += f"; the gateway holds {sync.num_records}"
+    if sync.started_at and sync.finished_at:
+        line += f" ({(sync.finished_at - sync.started_at).total_seconds():.1f}s)"
+    if sync.error_message:
+        line += f"\n  {sync.error_message}"
+    return line
+
+
+def _sandbox(args) -> int:
+    from .sandbox.app import SandboxConfig, serve
+    from .sandbox.faults import make_fault
+
+    try:
+        make_fault(args.faults)
+    except ValueError as error:
+        print(f"sync-pipeline: error: {error}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    config = SandboxConfig(
+        products=args.products, collections=args.collections, seed=args.seed, faults=args.faults,
+        state_file=args.state_file,
+    )
+    print(f"sandbox: product service and gateway on http://{args.host}:{args.port}", flush=True)
+    serve(config, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _status(args) -> int:
+    from .settings import state_url
+    from .state import StateStore
+
+    state = StateStore(state_url())
+    header = f"{'sync id':36}  {'mode':8} {'status':22} {'requested':20} {'window':43} {'fetched':>8} {'rejected':>8} {'published':>9} {'refused':>7} {'deleted':>7} {'held':>7}"
+    for entity in args.entity:
+        last = state.last_successful(entity)
+        print(f"== {entity.value}")
+        if last is None:
+            print("   never synced successfully")
+        else:
+            print(f"   last successful sync: {format_time(last.finished_at)}, the gateway holds {last.num_records} records")
+        history = state.history(entity, args.limit)
+        if not history:
+            continue
+        print("   " + header)
+        for sync in history:
+            window = f"{_short(sync.window_start) or '-':>20} .. {_short(sync.window_end) or '-':20}"
+            print(
+                f"   {sync.sync_id:36}  {sync.mode.value:8} {f'{sync.status.code} {sync.status.text}':22}"
+                f" {_short(sync.requested_at):20} {window:43} {sync.fetched:>8} {sync.rejected:>8}"
+                f" {sync.published:>9} {sync.failed:>7} {sync.deleted:>7} {sync.num_records if sync.num_records is not None else '-':>7}"
+            )
+            if sync.error_message and not sync.status.is_success:
+                print(f"      {sync.error_message}")
+    state.dispose()
+    return EXIT_OK
+
+
+def _short(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _default_dagster_home() -> None:
+    """DAGSTER_HOME defaults to the repository root (CONTRACT §5), where dagster.yaml lives."""
+    if not os.environ.get("DAGSTER_HOME"):
+        from .settings import REPO_ROOT
+
+        os.environ["DAGSTER_HOME"] = str(REPO_ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The vocabulary every layer shares: entity types, sync modes, sync statuses, windows."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+
+class EntityType(str, enum.Enum):
+    PRODUCT = "PRODUCT"
+    COLLECTION = "COLLECTION"
+
+    @property
+    def path(self) -> str:
+        """The product service's path segment: /products, /collections."""
+        return {EntityType.PRODUCT: "products", EntityType.COLLECTION: "collections"}[self]
+
+    @property
+    def plural(self) -> str:
+        return self.path
+
+    @classmethod
+    def parse(cls, text: str) -> "EntityType":
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"unknown entity type {text!r}: expected PRODUCT or COLLECTION") from None
+
+
+class SyncMode(str, enum.Enum):
+    LATEST = "latest"
+    FULL = "full"
+    HISTORIC = "historic"
+
+
+class SyncStatus(enum.Enum):
+    """CONTRACT §4: (code, text) of a sync."""
+
+    QUEUED = (1000, "Queued")
+    IN_PROGRESS = (1100, "InProgress")
+    SUCCESS = (2000, "Success")
+    PARTIAL_SUCCESS = (2100, "PartialSuccess")
+    FAILED = (4000, "Failed")
+    SOURCE_UNAVAILABLE = (4100, "SourceUnavailable")
+    GATEWAY_UNAVAILABLE = (4200, "GatewayUnavailable")
+    DELETION_GUARD = (4300, "DeletionGuard")
+    ABANDONED = (4900, "Abandoned")
+
+    @property
+    def code(self) -> int:
+        return self.value[0]
+
+    @property
+    def text(self) -> str:
+        return self.value[1]
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_STATUSES
+
+    @property
+    def is_success(self) -> bool:
+        return self in SUCCESS_STATUSES
+
+    @classmethod
+    def from_code(cls, code: int) -> "SyncStatus":
+        for status in cls:
+            if status.code == code:
+                return status
+        raise ValueError(f"unknown sync status code {code}")
+
+
+ACTIVE_STATUSES = frozenset({SyncStatus.QUEUED, SyncStatus.IN_PROGRESS})
+SUCCESS_STATUSES = frozenset({SyncStatus.SUCCESS, SyncStatus.PARTIAL_SUCCESS})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 time; a time without an offset is taken as UTC."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"not a time: {text!r}")
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def format_time(value: datetime | None) -> str | None:
+    """ISO-8601 UTC with a Z, as on the wire: 2024-05-01T00:00:00Z (microseconds kept if set)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + "Z"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Records updated in [start, end); a None start means from the beginning."""
+
+    start: datetime | None
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.start >= self.end:
+            raise ValueError(f"window start {format_time(self.start)} is not before end {format_time(self.end)}")
+
+
+def resolve_window(
+    mode: SyncMode,
+    *,
+    now: datetime,
+    watermark: datetime | None,
+    sync_to: datetime | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> tuple[SyncMode, Window]:
+    """Turn a requested mode into the mode actually run and its window (CONTRACT §5).
+
+    A latest sync with no earlier successful sync is a full one.
+    """
+    if mode is SyncMode.HISTORIC:
+        if start is None or end is None:
+            raise ValueError("a historic sync needs both start and end")
+        if end > now:
+            raise ValueError(f"end {format_time(end)} is in the future")
+        return mode, Window(start, end)
+    upper = sync_to or now
+    if upper > now:
+        raise ValueError(f"syncTo {format_time(upper)} is in the future")
+    if mode is SyncMode.LATEST and watermark is not None:
+        if watermark >= upper:
+            raise ValueError(
+                f"syncTo {format_time(upper)} is not after the end of the last successful sync"
+                f" ({format_time(watermark)})"
+            )
+        return mode, Window(watermark, upper)
+    return SyncMode.FULL, Window(None, upper)

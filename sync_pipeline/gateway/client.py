@@ -1,0 +1,153 @@
+"""Client of the gateway catalogue (CONTRACT §3): submit batches, follow them to their end."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import requests
+
+from ..domain import EntityType
+from ..errors import GatewayError
+from ..http import build_session, describe_error_body
+
+MAX_BATCH_ITEMS = 1000
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
+
+
+class Operation(str, enum.Enum):
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """A batch as the gateway reports it (seed 003 fields)."""
+
+    batch_id: str
+    batch_status: str
+    success_count: int
+    fail_count: int
+    failed_items: list[dict] = field(default_factory=list)
+    ratio: str = "0.00"
+    operation: str = "UPSERT"
+
+    @property
+    def failed_ids(self) -> set[str]:
+        return {str(item.get("id")) for item in self.failed_items}
+
+    @classmethod
+    def from_wire(cls, data: dict) -> "BatchOutcome":
+        return cls(
+            batch_id=str(data["batchId"]),
+            batch_status=str(data["batchStatus"]),
+            success_count=int(data.get("successCount") or 0),
+            fail_count=int(data.get("failCount") or 0),
+            failed_items=list(data.get("failedProducts") or []),
+            ratio=str(data.get("ratio") or "0.00"),
+            operation=str(data.get("bulkOperationType") or "UPSERT"),
+        )
+
+
+def idempotency_key(entity: EntityType, operation: Operation, fingerprints: Iterable[str]) -> str:
+    """A key that is the same whenever the same change is sent again.
+
+    Fingerprints name each item and the state it moves the gateway from and to
+    (id, old hash, new hash), so a rerun after a crash repeats the key and is not applied
+    twice, while a later, genuinely new change to the same content gets a new key.
+    """
+    digest = hashlib.sha256(f"{entity.value}:{operation.value}".encode())
+    for fingerprint in fingerprints:
+        digest.update(b"\x00")
+        digest.update(fingerprint.encode())
+    return digest.hexdigest()
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: tuple[float, float] = (5.0, 60.0),
+        retries: int = 5,
+        backoff: float = 0.2,
+        poll_interval: float = 0.05,
+        poll_interval_max: float = 2.0,
+        batch_timeout: float = 600.0,
+        pool_size: int = 8,
+    ):
+        self.base_url = base_url.rstrip("/") + "/product-gateway/v1/catalog"
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.poll_interval_max = poll_interval_max
+        self.batch_timeout = batch_timeout
+        self.session = build_session(token, retries=retries, backoff=backoff, pool_size=pool_size)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def submit_upsert(self, entity: EntityType, raw_records: Sequence[str], key: str) -> str:
+        """Submit records given as JSON text, unchanged; return the batch id."""
+        _check_size(len(raw_records))
+        body = b'{"operation":"UPSERT","records":[' + ",".join(raw_records).encode() + b"]}"
+        return self._submit(entity, body, key)
+
+    def submit_delete(self, entity: EntityType, ids: Sequence[str], key: str) -> str:
+        _check_size(len(ids))
+        body = orjson.dumps({"operation": "DELETE", "ids": list(ids)})
+        return self._submit(entity, body, key)
+
+    def get_batch(self, batch_id: str) -> BatchOutcome:
+        url = f"{self.base_url}/batches/{batch_id}"
+        response = self._call("GET", url)
+        self._raise_for_status(response, url)
+        return BatchOutcome.from_wire(orjson.loads(response.content)["data"])
+
+    def wait_for_batch(self, batch_id: str) -> BatchOutcome:
+        """Poll with backoff until the batch is COMPLETED or FAILED."""
+        deadline = time.monotonic() + self.batch_timeout
+        interval = self.poll_interval
+        while True:
+            outcome = self.get_batch(batch_id)
+            if outcome.batch_status in TERMINAL_STATUSES:
+                return outcome
+            if time.monotonic() > deadline:
+                raise GatewayError(
+                    f"batch {batch_id} still {outcome.batch_status} after {self.batch_timeout:.0f}s"
+                )
+            time.sleep(interval)
+            interval = min(interval * 2, self.poll_interval_max)
+
+    def _submit(self, entity: EntityType, body: bytes, key: str) -> str:
+        url = f"{self.base_url}/{entity.value}/batches"
+        response = self._call(
+            "POST",
+            url,
+            data=body,
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        )
+        self._raise_for_status(response, url)
+        return str(orjson.loads(response.content)["data"]["batchId"])
+
+    def _call(self, method: str, url: str, **kwargs) -> requests.Response:
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as error:
+            raise GatewayError(f"{url}: gateway unreachable ({type(error).__name__}: {error})") from error
+
+    @staticmethod
+    def _raise_for_status(response: requests.Response, url: str) -> None:
+        if response.status_code < 400:
+            return
+        detail = describe_error_body(response)
+        raise GatewayError(f"{url}: HTTP {response.status_code} from the gateway: {detail}")
+
+
+def _check_size(count: int) -> None:
+    if not 0 < count <= MAX_BATCH_ITEMS:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_ITEMS} items, not {count}")

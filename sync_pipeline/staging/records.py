@@ -1,0 +1,77 @@
+"""Pure functions on source records: the validation rules of CONTRACT §2 and page -> columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ..domain import EntityType, parse_time
+
+
+def rejection_reason(entity: EntityType, record: Any) -> str | None:
+    """Why `record` cannot be published, or None when it is valid. Never raises."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    record_id = record.get("id")
+    if not isinstance(record_id, str) or not record_id.strip():
+        return "id is missing or not a non-empty string"
+    title = record.get("title")
+    if not isinstance(title, str) or not title.strip():
+        return "title is missing or not a non-empty string"
+    if parsed_updated_at(record.get("updatedAt")) is None:
+        return f"updatedAt is missing or not a time: {record.get('updatedAt')!r:.60}"
+    if entity is EntityType.PRODUCT:
+        price = record.get("listPrice")
+        if isinstance(price, bool) or not isinstance(price, int):
+            return f"listPrice is not an integer: {price!r:.60}"
+        if price < 0:
+            return f"listPrice is negative: {price}"
+    return None
+
+
+def parsed_updated_at(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass
+class PageRows:
+    """Column lists ready for one bulk load into the staging table `fetched`."""
+
+    seq: list[int] = field(default_factory=list)
+    id: list[str | None] = field(default_factory=list)
+    updated_at: list[datetime | None] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    reason: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    @property
+    def rejected(self) -> int:
+        return sum(reason is not None for reason in self.reason)
+
+
+def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRows | None = None) -> PageRows:
+    """Append one page of records to `rows` as columns.
+
+    The raw JSON is re-encoded with sorted keys so that the content hash does not change when
+    only the key order does; every field, known or not, is kept.
+    """
+    rows = rows if rows is not None else PageRows()
+    for offset, record in enumerate(records):
+        reason = rejection_reason(entity, record)
+        record_id = record.get("id") if isinstance(record, dict) else None
+        rows.seq.append(first_seq + offset)
+        rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
+        rows.updated_at.append(parsed_updated_at(record.get("updatedAt")) if isinstance(record, dict) else None)
+        rows.raw.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
+        rows.reason.append(reason)
+    return rows

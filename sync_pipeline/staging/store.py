@@ -1,0 +1,239 @@
+"""The DuckDB staging file of one entity type.
+
+Tables:
+  fetched    what the current sync listed, as loaded (one row per record seen, duplicates too)
+  staged     the latest valid version of every live record known: the source's image
+  published  what the gateway accepted: id and content hash, so only changes are sent
+  to_delete  records a full sync found gone from the source (confirmed by a 404), to delete
+  rejected   every invalid record seen, with its raw JSON, the reason and the sync
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from .records import PageRows
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS fetched (
+    seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR
+);
+CREATE TABLE IF NOT EXISTS staged (
+    id VARCHAR NOT NULL, updated_at TIMESTAMPTZ, raw VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL, sync_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS published (
+    id VARCHAR NOT NULL, content_hash VARCHAR NOT NULL, sync_id VARCHAR, published_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS to_delete (
+    id VARCHAR NOT NULL, content_hash VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    sync_id VARCHAR, id VARCHAR, raw VARCHAR, reason VARCHAR, rejected_at TIMESTAMPTZ
+);
+"""
+
+FETCHED_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("id", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+        ("raw", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    fetched: int  # rows listed, duplicates included
+    unique: int  # distinct records after dedupe
+    valid: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class ChangedRecord:
+    id: str
+    raw: str
+    content_hash: str
+    published_hash: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.id}:{self.published_hash}:{self.content_hash}"
+
+
+class StagingStore:
+    def __init__(self, connection: duckdb.DuckDBPyConnection):
+        self.db = connection
+        self.db.execute(SCHEMA)
+
+    # --- fetch -------------------------------------------------------------------------
+    def begin_fetch(self) -> None:
+        self.db.execute("DELETE FROM fetched")
+        self.db.execute("DELETE FROM to_delete")
+
+    def load_rows(self, rows: PageRows) -> None:
+        """Bulk-load a chunk of rows through Arrow: one INSERT per chunk, never per row."""
+        if not len(rows):
+            return
+        chunk = pa.Table.from_pydict(
+            {
+                "seq": rows.seq,
+                "id": rows.id,
+                "updated_at": rows.updated_at,
+                "raw": rows.raw,
+                "reason": rows.reason,
+            },
+            schema=FETCHED_SCHEMA,
+        )
+        self.db.register("incoming_chunk", chunk)
+        try:
+            self.db.execute("INSERT INTO fetched SELECT * FROM incoming_chunk")
+        finally:
+            self.db.unregister("incoming_chunk")
+
+    # --- stage -------------------------------------------------------------------------
+    def stage_fetched(self, sync_id: str, *, full: bool) -> StageCounts:
+        """Dedupe `fetched` (latest updatedAt wins), keep rejects, merge valid rows into `staged`.
+
+        A full sync replaces the image with what was listed; a record listed but rejected
+        keeps its earlier valid version, so it is neither republished nor deleted.
+        """
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE latest AS
+                SELECT * FROM fetched
+                QUALIFY row_number() OVER (
+                    PARTITION BY coalesce(id, 'seq:' || seq::VARCHAR)
+                    ORDER BY updated_at DESC NULLS LAST, seq DESC
+                ) = 1
+                """
+            )
+            db.execute(
+                "INSERT INTO rejected SELECT ?, id, raw, reason, now() FROM latest WHERE reason IS NOT NULL",
+                [sync_id],
+            )
+            if full:
+                db.execute("DELETE FROM staged WHERE id NOT IN (SELECT id FROM latest WHERE id IS NOT NULL AND reason IS NOT NULL)")
+            else:
+                db.execute("DELETE FROM staged WHERE id IN (SELECT id FROM latest WHERE reason IS NULL)")
+            db.execute(
+                """
+                INSERT INTO staged
+                SELECT id, updated_at, raw, md5(raw), ? FROM latest WHERE reason IS NULL
+                """,
+                [sync_id],
+            )
+            fetched, unique, valid = db.execute(
+                """
+                SELECT (SELECT count(*) FROM fetched), count(*), count(*) FILTER (WHERE reason IS NULL)
+                FROM latest
+                """
+            ).fetchone()
+            db.execute("DROP TABLE latest")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return StageCounts(fetched=fetched, unique=unique, valid=valid, rejected=unique - valid)
+
+    # --- diff --------------------------------------------------------------------------
+    def count_changed(self) -> int:
+        return self.db.execute(f"SELECT count(*) {_CHANGED_FROM}").fetchone()[0]
+
+    def changed_since_publish(self, chunk_size: int) -> Iterator[list[ChangedRecord]]:
+        """Staged records whose content differs from what the gateway accepted, in id order."""
+        cursor = self.db.cursor()
+        cursor.execute(f"SELECT s.id, s.raw, s.content_hash, p.content_hash {_CHANGED_FROM} ORDER BY s.id")
+        while True:
+            rows = cursor.fetchmany(chunk_size)
+            if not rows:
+                return
+            yield [ChangedRecord(*row) for row in rows]
+
+    def deletion_candidates(self) -> list[tuple[str, str]]:
+        """(id, hash) of records the gateway holds that the last full listing did not list."""
+        return self.db.execute(
+            """
+            SELECT id, content_hash FROM published
+            WHERE id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)
+            ORDER BY id
+            """
+        ).fetchall()
+
+    def set_deletions(self, records: list[tuple[str, str]]) -> None:
+        self.db.execute("DELETE FROM to_delete")
+        if records:
+            table = pa.table({"id": [r[0] for r in records], "content_hash": [r[1] for r in records]})
+            self.db.register("deletions_chunk", table)
+            try:
+                self.db.execute("INSERT INTO to_delete SELECT * FROM deletions_chunk")
+            finally:
+                self.db.unregister("deletions_chunk")
+
+    def pending_deletions(self) -> list[tuple[str, str]]:
+        return self.db.execute("SELECT id, content_hash FROM to_delete ORDER BY id").fetchall()
+
+    # --- outcome -------------------------------------------------------------------------
+    def mark_published(self, records: list[ChangedRecord], sync_id: str) -> None:
+        if not records:
+            return
+        table = pa.table(
+            {"id": [r.id for r in records], "content_hash": [r.content_hash for r in records]}
+        )
+        self.db.register("accepted_chunk", table)
+        try:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM published WHERE id IN (SELECT id FROM accepted_chunk)")
+            self.db.execute(
+                "INSERT INTO published SELECT id, content_hash, ?, now() FROM accepted_chunk", [sync_id]
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self.db.unregister("accepted_chunk")
+
+    def mark_deleted(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        table = pa.table({"id": ids})
+        self.db.register("deleted_chunk", table)
+        try:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM published WHERE id IN (SELECT id FROM deleted_chunk)")
+            self.db.execute("DELETE FROM staged WHERE id IN (SELECT id FROM deleted_chunk)")
+            self.db.execute("DELETE FROM to_delete WHERE id IN (SELECT id FROM deleted_chunk)")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self.db.unregister("deleted_chunk")
+
+    def published_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM published").fetchone()[0]
+
+    def staged_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM staged").fetchone()[0]
+
+    def rejected_for_sync(self, sync_id: str) -> list[tuple[str | None, str, str]]:
+        return self.db.execute(
+            "SELECT id, reason, raw FROM rejected WHERE sync_id = ? ORDER BY id", [sync_id]
+        ).fetchall()
+
+
+_CHANGED_FROM = """
+FROM staged s LEFT JOIN published p USING (id)
+WHERE p.content_hash IS DISTINCT FROM s.content_hash
+"""

@@ -1,0 +1,356 @@
+"""Repository over the state store: every read and write of syncs and batches goes through here."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..domain import EntityType, SyncMode, SyncStatus, Window, utcnow
+from ..errors import EntityBusy
+from . import schema
+from .schema import batches, syncs
+
+SUCCESS_CODES = (SyncStatus.SUCCESS.code, SyncStatus.PARTIAL_SUCCESS.code)
+ACTIVE_CODES = (SyncStatus.QUEUED.code, SyncStatus.IN_PROGRESS.code)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    sync_id: str
+    entity_type: EntityType
+    mode: SyncMode
+    requested_mode: SyncMode
+    window_start: datetime | None
+    window_end: datetime | None
+    sync_to: datetime | None
+    status: SyncStatus
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    run_id: str | None
+    origin: str
+    allow_deletions: bool
+    fetched: int
+    rejected: int
+    published: int
+    failed: int
+    deleted: int
+    batches: int
+    num_records: int | None
+    data_pushed: bool
+    error_message: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "SyncRecord":
+        m = row._mapping
+        values = {f.name: m[f.name] for f in fields(cls) if f.name != "status"}
+        values["entity_type"] = EntityType(m["entity_type"])
+        values["mode"] = SyncMode(m["mode"])
+        values["requested_mode"] = SyncMode(m["requested_mode"])
+        for name in ("window_start", "window_end", "sync_to", "requested_at", "started_at", "finished_at"):
+            values[name] = _utc(values[name])
+        return cls(status=SyncStatus.from_code(m["status_code"]), **values)
+
+    @property
+    def window(self) -> Window | None:
+        return Window(self.window_start, self.window_end) if self.window_end else None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: str
+    sync_id: str
+    entity_type: EntityType
+    bulk_operation_type: str
+    idempotency_key: str
+    item_count: int
+    batch_status: str
+    success_count: int
+    fail_count: int
+    failed_products: list
+    ratio: str | None
+    submitted_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "BatchRecord":
+        m = dict(row._mapping)
+        m["entity_type"] = EntityType(m["entity_type"])
+        m["submitted_at"] = _utc(m["submitted_at"])
+        m["finished_at"] = _utc(m["finished_at"])
+        return cls(**m)
+
+
+def create_state_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class StateStore:
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine = create_state_engine(url)
+        self._upgrade()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _upgrade(self) -> None:
+        """Create the schema, or bring an older one up to date, in one transaction."""
+        with self.engine.begin() as conn:
+            schema.metadata.create_all(conn)
+            current = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar()
+            if current is None:
+                conn.execute(schema.schema_version.insert().values(version=schema.CURRENT_VERSION, applied_at=utcnow()))
+                return
+            for version, statements in schema.MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        conn.execute(sa.text(statement))
+                    conn.execute(schema.schema_version.insert().values(version=version, applied_at=utcnow()))
+
+    def ping(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+    # --- the lease --------------------------------------------------------------------
+    def enqueue_sync(
+        self,
+        entity: EntityType,
+        mode: SyncMode,
+        *,
+        origin: str,
+        sync_to: datetime | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        allow_deletions: bool = False,
+    ) -> SyncRecord:
+        """Insert a Queued sync; the unique index lets in only one active sync per type.
+
+        Raises EntityBusy, naming the active sync, when one is already queued or running.
+        """
+        sync_id = str(uuid.uuid4())
+        values = dict(
+            sync_id=sync_id,
+            entity_type=entity.value,
+            mode=mode.value,
+            requested_mode=mode.value,
+            window_start=start,
+            window_end=end,
+            sync_to=sync_to,
+            status_code=SyncStatus.QUEUED.code,
+            status=SyncStatus.QUEUED.text,
+            requested_at=utcnow(),
+            origin=origin,
+            allow_deletions=allow_deletions,
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(syncs.insert().values(**values))
+        except sa.exc.IntegrityError:
+            active = self.active_sync(entity)
+            if active is None:  # finished between our insert and this read: say so plainly
+                raise EntityBusy(entity, "(just finished)", SyncStatus.IN_PROGRESS) from None
+            raise EntityBusy(entity, active.sync_id, active.status) from None
+        return self.get_sync(sync_id)
+
+    def start_sync(self, sync_id: str, *, run_id: str, mode: SyncMode, window: Window) -> SyncRecord:
+        """Queued -> InProgress, recording the run and the window actually synced."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                syncs.update()
+                .where(syncs.c.sync_id == sync_id, syncs.c.status_code == SyncStatus.QUEUED.code)
+                .values(
+                    status_code=SyncStatus.IN_PROGRESS.code,
+                    status=SyncStatus.IN_PROGRESS.text,
+                    started_at=utcnow(),
+                    run_id=run_id,
+                    mode=mode.value,
+                    window_start=window.start,
+                    window_end=window.end,
+                )
+            ).rowcount
+        if updated != 1:
+            current = self.get_sync(sync_id)
+            state = current.status.text if current else "unknown"
+            raise ValueError(f"sync {sync_id} cannot start: it is {state}, not Queued")
+        return self.get_sync(sync_id)
+
+    def finish_sync(
+        self,
+        sync_id: str,
+        status: SyncStatus,
+        *,
+        error_message: str | None = None,
+        num_records: int | None = None,
+        **counts: int,
+    ) -> SyncRecord:
+        """Close an active sync with its final status; a sync already closed is left alone."""
+        values: dict[str, Any] = dict(
+            status_code=status.code, status=status.text, finished_at=utcnow(), error_message=error_message, **counts
+        )
+        if num_records is not None:
+            values["num_records"] = num_records
+        with self.engine.begin() as conn:
+            conn.execute(
+                syncs.update()
+                .where(syncs.c.sync_id == sync_id, syncs.c.status_code.in_(ACTIVE_CODES))
+                .values(**values)
+            )
+        return self.get_sync(sync_id)
+
+    def update_counts(self, sync_id: str, **counts: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(syncs.update().where(syncs.c.sync_id == sync_id).values(**counts))
+
+    # --- batches ----------------------------------------------------------------------
+    def record_batch(
+        self,
+        *,
+        batch_id: str,
+        sync_id: str,
+        entity: EntityType,
+        operation: str,
+        idempotency_key: str,
+        item_count: int,
+    ) -> None:
+        """Record a submitted batch; a batch id seen again (idempotent replay) is kept once."""
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(batches.c.batch_id).where(batches.c.batch_id == batch_id)).first()
+            if exists:
+                conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(sync_id=sync_id))
+                return
+            conn.execute(
+                batches.insert().values(
+                    batch_id=batch_id,
+                    sync_id=sync_id,
+                    entity_type=entity.value,
+                    bulk_operation_type=operation,
+                    idempotency_key=idempotency_key,
+                    item_count=item_count,
+                    batch_status="QUEUED",
+                    failed_products=[],
+                    submitted_at=utcnow(),
+                )
+            )
+
+    def record_batch_outcome(
+        self, batch_id: str, *, batch_status: str, success_count: int, fail_count: int, failed_products: list, ratio: str
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                batches.update()
+                .where(batches.c.batch_id == batch_id)
+                .values(
+                    batch_status=batch_status,
+                    success_count=success_count,
+                    fail_count=fail_count,
+                    failed_products=failed_products,
+                    ratio=ratio,
+                    finished_at=utcnow(),
+                )
+            )
+
+    def usable_idempotency_key(self, base_key: str) -> str:
+        """The key to send a batch under. A key whose batch ended with failures is spent, so
+        the retry gets a successor key; any other known key is reused, so a batch whose
+        outcome was lost (a crash) is answered by the gateway's replay, not applied twice."""
+        key = base_key
+        with self.engine.connect() as conn:
+            while True:
+                row = conn.execute(
+                    sa.select(batches.c.batch_id, batches.c.batch_status, batches.c.fail_count).where(
+                        batches.c.idempotency_key == key
+                    )
+                ).first()
+                if row is None or (row.batch_status != "FAILED" and row.fail_count == 0):
+                    return key
+                key = hashlib.sha256(f"{key}:{row.batch_id}".encode()).hexdigest()
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).first()
+        return BatchRecord.from_row(row) if row else None
+
+    def batches_for_sync(self, sync_id: str) -> list[BatchRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(batches).where(batches.c.sync_id == sync_id).order_by(batches.c.submitted_at)
+            ).all()
+        return [BatchRecord.from_row(row) for row in rows]
+
+    # --- reads ------------------------------------------------------------------------
+    def get_sync(self, sync_id: str) -> SyncRecord | None:
+        return self._one(sa.select(syncs).where(syncs.c.sync_id == sync_id))
+
+    def sync_for_run(self, run_id: str) -> SyncRecord | None:
+        return self._one(sa.select(syncs).where(syncs.c.run_id == run_id).order_by(syncs.c.requested_at.desc()))
+
+    def active_sync(self, entity: EntityType) -> SyncRecord | None:
+        return self._one(
+            sa.select(syncs).where(syncs.c.entity_type == entity.value, syncs.c.status_code.in_(ACTIVE_CODES))
+        )
+
+    def last_successful(self, entity: EntityType) -> SyncRecord | None:
+        return self._one(
+            sa.select(syncs)
+            .where(syncs.c.entity_type == entity.value, syncs.c.status_code.in_(SUCCESS_CODES))
+            .order_by(syncs.c.finished_at.desc())
+        )
+
+    def watermark(self, entity: EntityType) -> datetime | None:
+        """Where the next latest sync starts: the window end of the last successful
+        full or latest sync (historic ranges do not move it)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(syncs.c.window_end)
+                .where(
+                    syncs.c.entity_type == entity.value,
+                    syncs.c.status_code.in_(SUCCESS_CODES),
+                    syncs.c.mode.in_((SyncMode.FULL.value, SyncMode.LATEST.value)),
+                )
+                .order_by(syncs.c.window_end.desc())
+                .limit(1)
+            ).scalar()
+        return _utc(value)
+
+    def history(self, entity: EntityType, limit: int = 20) -> list[SyncRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(syncs)
+                .where(syncs.c.entity_type == entity.value)
+                .order_by(syncs.c.requested_at.desc())
+                .limit(limit)
+            ).all()
+        return [SyncRecord.from_row(row) for row in rows]
+
+    def _one(self, query: sa.Select) -> SyncRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return SyncRecord.from_row(row) if row else None
