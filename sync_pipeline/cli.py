@@ -94,12 +94,13 @@ def _sync(args) -> int:
     _default_dagster_home()
     from dagster import DagsterInstance
 
-    from .defs import defs
+    from .defs import build_defs
     from .defs.assets import ENTITY_TAG, SYNC_ID_TAG
     from .defs.definitions import job_name
     from .settings import state_url
     from .state import StateStore
 
+    defs = build_defs()
     state = StateStore(state_url())
     mode = SyncMode(args.mode)
     worst = EXIT_OK
@@ -118,6 +119,7 @@ def _sync(args) -> int:
             result = defs.resolve_job_def(job_name(entity)).execute_in_process(
                 instance=instance,
                 tags={SYNC_ID_TAG: sync.sync_id, ENTITY_TAG: entity.value},
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                 raise_on_error=False,
             )
             final = state.get_sync(sync.sync_id)

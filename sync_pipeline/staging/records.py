@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +42,14 @@ def parsed_updated_at(value: Any) -> datetime | None:
         return None
 
 
+def canonical_json(record: Any) -> str:
+    """JSON with sorted keys: the same content always gives the same text (and hash)."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # integers beyond 64 bits, which orjson will not encode
+        return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 @dataclass
 class PageRows:
     """Column lists ready for one bulk load into the staging table `fetched`."""
@@ -72,6 +81,6 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
         rows.seq.append(first_seq + offset)
         rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
         rows.updated_at.append(parsed_updated_at(record.get("updatedAt")) if isinstance(record, dict) else None)
-        rows.raw.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
+        rows.raw.append(canonical_json(record))
         rows.reason.append(reason)
     return rows

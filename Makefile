@@ -1,0 +1,31 @@
+# Every target sets itself up: the virtual environment is created and the project installed
+# on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test dev bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)  ## full sync of both entity types against a fresh sandbox, then the status
+	bash scripts/run.sh
+
+test: $(STAMP)  ## every test
+	$(BIN)/pytest
+
+dev: $(STAMP)  ## sandbox, Dagster webserver and daemon, on loopback
+	bash scripts/dev.sh
+
+bench: $(STAMP)  ## the benchmarks
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf data/*.duckdb* data/state.db* data/sandbox-gateway.json storage history schedules logs

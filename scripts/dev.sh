@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make dev: the sandbox and the Dagster webserver and daemon, together on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export SYNC_DATA_DIR="${SYNC_DATA_DIR:-data}"
+export DAGSTER_HOME="${DAGSTER_HOME:-$PWD}"
+SANDBOX_PORT="${SANDBOX_PORT:-8765}"
+DAGSTER_PORT="${DAGSTER_PORT:-3000}"
+export PRODUCT_SERVICE_URL="${PRODUCT_SERVICE_URL:-http://127.0.0.1:$SANDBOX_PORT}"
+export GATEWAY_URL="${GATEWAY_URL:-http://127.0.0.1:$SANDBOX_PORT}"
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+$BIN/sync-pipeline sandbox --port "$SANDBOX_PORT" --state-file "$SYNC_DATA_DIR/sandbox-gateway.json" &
+pids+=($!)
+$BIN/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
+pids+=($!)
+cat <<MSG
+
+  sandbox (product service + gateway)  http://127.0.0.1:$SANDBOX_PORT
+  Dagster UI (webserver + daemon)      http://127.0.0.1:$DAGSTER_PORT
+  Ctrl-C stops everything.
+
+MSG
+wait

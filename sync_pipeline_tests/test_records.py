@@ -1,0 +1,99 @@
+"""Validation rules of CONTRACT §2 and page -> column conversion, as pure functions."""
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sync_pipeline.domain import EntityType
+from sync_pipeline.staging import rejection_reason, to_rows
+
+PRODUCT = {"id": "p1", "title": "Café", "updatedAt": "2025-03-01T10:00:00Z", "listPrice": 1299}
+COLLECTION = {"id": "c1", "title": "Picks", "updatedAt": "2025-03-01T10:00:00Z", "productIds": ["p1"]}
+
+
+def test_a_complete_product_is_valid():
+    assert rejection_reason(EntityType.PRODUCT, PRODUCT) is None
+
+
+def test_a_collection_needs_no_price():
+    assert rejection_reason(EntityType.COLLECTION, COLLECTION) is None
+
+
+@pytest.mark.parametrize(
+    "change, reason_part",
+    [
+        ({"id": ""}, "id"),
+        ({"id": 7}, "id"),
+        ({"title": "   "}, "title"),
+        ({"title": None}, "title"),
+        ({"updatedAt": "last Tuesday"}, "updatedAt"),
+        ({"updatedAt": None}, "updatedAt"),
+        ({"listPrice": -1}, "negative"),
+        ({"listPrice": "12.99"}, "listPrice"),
+        ({"listPrice": 12.5}, "listPrice"),
+        ({"listPrice": True}, "listPrice"),
+    ],
+)
+def test_a_product_breaking_a_rule_is_rejected_with_the_reason(change, reason_part):
+    assert reason_part in rejection_reason(EntityType.PRODUCT, {**PRODUCT, **change})
+
+
+def test_a_missing_field_is_rejected():
+    record = dict(PRODUCT)
+    del record["title"]
+    assert "title" in rejection_reason(EntityType.PRODUCT, record)
+
+
+def test_a_non_object_is_rejected():
+    assert "not a JSON object" in rejection_reason(EntityType.PRODUCT, ["p1"])
+
+
+def test_rows_keep_unknown_fields_and_sort_keys():
+    record = {"zeta": {"b": 1, "a": [1, {"y": 2, "x": 1}]}, **PRODUCT, "x-extra": None}
+    rows = to_rows(EntityType.PRODUCT, [record], first_seq=10)
+    assert rows.seq == [10]
+    assert rows.id == ["p1"]
+    assert rows.reason == [None]
+    assert orjson.loads(rows.raw[0]) == record
+    assert list(orjson.loads(rows.raw[0])) == sorted(record)
+
+
+def test_rows_of_a_rejected_record_keep_its_raw_json_and_reason():
+    record = {**PRODUCT, "listPrice": -5}
+    rows = to_rows(EntityType.PRODUCT, [record], first_seq=0)
+    assert rows.rejected == 1
+    assert orjson.loads(rows.raw[0]) == record
+    assert "negative" in rows.reason[0]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+records = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": json_values | st.text(),
+            "title": json_values | st.text(),
+            "updatedAt": json_values | st.text() | st.datetimes().map(lambda d: d.isoformat()),
+            "listPrice": json_values | st.integers(),
+        },
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=records)
+def test_validation_never_raises_and_rows_match_it(record):
+    for entity in EntityType:
+        reason = rejection_reason(entity, record)
+        assert reason is None or isinstance(reason, str)
+        rows = to_rows(entity, [record], first_seq=0)
+        assert rows.reason == [reason]
+        assert json.loads(rows.raw[0]) == record
