@@ -1,0 +1,100 @@
+"""The state store on SQLite and PostgreSQL: the lease, the lifecycle, the watermark, batches."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, Window
+from sync_pipeline.errors import EntityBusy
+from sync_pipeline.state import StateStore
+
+P, C = EntityType.PRODUCT, EntityType.COLLECTION
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def run_to_end(store: StateStore, entity, mode=SyncMode.FULL, window=Window(None, T0), status=SyncStatus.SUCCESS):
+    sync = store.enqueue_sync(entity, mode, origin="test")
+    store.start_sync(sync.sync_id, run_id=f"run-{sync.sync_id}", mode=mode, window=window)
+    return store.finish_sync(sync.sync_id, status, num_records=5, published=5)
+
+
+def test_a_second_sync_of_a_type_is_refused_naming_the_first(state_store):
+    first = state_store.enqueue_sync(P, SyncMode.LATEST, origin="test")
+    with pytest.raises(EntityBusy) as busy:
+        state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
+    assert first.sync_id in str(busy.value)
+    assert "queued" in str(busy.value)
+
+
+def test_types_do_not_block_each_other(state_store):
+    state_store.enqueue_sync(P, SyncMode.LATEST, origin="test")
+    state_store.enqueue_sync(C, SyncMode.LATEST, origin="test")
+
+
+def test_a_running_sync_holds_the_lease_and_finishing_releases_it(state_store):
+    sync = state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
+    started = state_store.start_sync(sync.sync_id, run_id="r1", mode=SyncMode.FULL, window=Window(None, T0))
+    assert started.status is SyncStatus.IN_PROGRESS and started.run_id == "r1"
+    with pytest.raises(EntityBusy, match="inprogress"):
+        state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
+    state_store.finish_sync(sync.sync_id, SyncStatus.SOURCE_UNAVAILABLE, error_message="down")
+    assert state_store.enqueue_sync(P, SyncMode.FULL, origin="test").status is SyncStatus.QUEUED
+
+
+def test_a_finished_sync_is_not_reopened(state_store):
+    final = run_to_end(state_store, P)
+    again = state_store.finish_sync(final.sync_id, SyncStatus.FAILED, error_message="late")
+    assert again.status is SyncStatus.SUCCESS
+    with pytest.raises(ValueError, match="not Queued"):
+        state_store.start_sync(final.sync_id, run_id="r", mode=SyncMode.FULL, window=Window(None, T0))
+
+
+def test_the_watermark_is_the_end_of_the_last_successful_full_or_latest_sync(state_store):
+    assert state_store.watermark(P) is None
+    run_to_end(state_store, P, window=Window(None, T0))
+    run_to_end(state_store, P, SyncMode.LATEST, Window(T0, T0 + timedelta(days=1)), SyncStatus.PARTIAL_SUCCESS)
+    run_to_end(state_store, P, SyncMode.LATEST, Window(T0, T0 + timedelta(days=2)), SyncStatus.GATEWAY_UNAVAILABLE)
+    run_to_end(state_store, P, SyncMode.HISTORIC, Window(T0 - timedelta(days=9), T0 + timedelta(days=5)))
+    assert state_store.watermark(P) == T0 + timedelta(days=1)
+    assert state_store.watermark(C) is None
+
+
+def test_history_is_newest_first_with_every_count(state_store):
+    first = run_to_end(state_store, P)
+    second = run_to_end(state_store, P, SyncMode.LATEST, Window(T0, T0 + timedelta(hours=1)))
+    history = state_store.history(P)
+    assert [s.sync_id for s in history] == [second.sync_id, first.sync_id]
+    assert history[0].window_start == T0 and history[0].num_records == 5
+    assert state_store.last_successful(P).sync_id == second.sync_id
+
+
+def test_batches_are_recorded_once_with_their_outcome(state_store):
+    sync = state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
+    for _ in range(2):
+        state_store.record_batch(batch_id="b1", sync_id=sync.sync_id, entity=P, operation="UPSERT", idempotency_key="k1", item_count=3)
+    state_store.record_batch_outcome(
+        "b1", batch_status="COMPLETED", success_count=2, fail_count=1, failed_products=[{"id": "x", "reason": "no"}], ratio="66.67"
+    )
+    [batch] = state_store.batches_for_sync(sync.sync_id)
+    assert (batch.batch_status, batch.success_count, batch.fail_count, batch.ratio) == ("COMPLETED", 2, 1, "66.67")
+    assert batch.failed_products == [{"id": "x", "reason": "no"}]
+    assert state_store.get_batch("nope") is None
+
+
+def test_a_key_whose_batch_had_failures_is_spent_and_any_other_is_reused(state_store):
+    sync = state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
+    assert state_store.usable_idempotency_key("k") == "k"
+    state_store.record_batch(batch_id="b1", sync_id=sync.sync_id, entity=P, operation="UPSERT", idempotency_key="k", item_count=1)
+    assert state_store.usable_idempotency_key("k") == "k"  # outcome unknown: replay it
+    state_store.record_batch_outcome("b1", batch_status="FAILED", success_count=0, fail_count=1, failed_products=[], ratio="0.00")
+    successor = state_store.usable_idempotency_key("k")
+    assert successor != "k"
+    assert state_store.usable_idempotency_key("k") == successor
+
+
+def test_the_schema_is_created_once_and_reopened(state_store):
+    run_to_end(state_store, P)
+    reopened = StateStore(state_store.url)
+    assert reopened.ping()
+    assert reopened.last_successful(P) is not None
+    reopened.dispose()
