@@ -104,7 +104,7 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
             )
         except ValueError as error:
             raise _fail(state, sync.sync_id, error) from None
-        state.start_sync(sync.sync_id, run_id=context.run_id, mode=mode, window=window)
+        state.start_sync(sync.sync_id, run_id=context.run.run_id, mode=mode, window=window)
         context.log.info(f"sync {sync.sync_id}: {mode.value} {entity.value} sync of {_describe(window)}")
         duckdb: DuckDBResource = getattr(context.resources, staging_key(entity))
         source = product_service.client()
@@ -157,7 +157,7 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
         gateway: GatewayResource = context.resources.gateway
         state_store: StateStoreResource = context.resources.state_store
         state = state_store.store()
-        sync = state.sync_for_run(context.run_id)
+        sync = state.sync_for_run(context.run.run_id)
         if sync is None or sync.status is not SyncStatus.IN_PROGRESS:
             raise dg.Failure(description=f"no {entity.value} sync in progress for this run: materialize {name}_staged with it")
         duckdb: DuckDBResource = getattr(context.resources, staging_key(entity))
