@@ -25,7 +25,7 @@ dev: $(STAMP)  ## sandbox, Dagster webserver and daemon, on loopback
 	bash scripts/dev.sh
 
 bench: $(STAMP)  ## the benchmarks
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.full_sync
 
 clean:
 	rm -rf data/*.duckdb* data/state.db* data/sandbox-gateway.json storage history schedules logs
