@@ -55,6 +55,11 @@ def build_parser() -> ArgumentParser:
     sandbox.add_argument("--faults", default="none")
     sandbox.add_argument("--state-file", help="keep the gateway's holdings in this file across restarts")
 
+    api = commands.add_parser("api", help="serve the Sync API (needs SYNC_API_TOKEN)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
     status = commands.add_parser("status", help="print sync status and recent history")
     status.add_argument("entity", nargs="?", type=_entities, default=list(EntityType), metavar="ENTITY")
     status.add_argument("--limit", type=int, default=10)
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sync(args)
     if args.command == "sandbox":
         return _sandbox(args)
+    if args.command == "api":
+        return _api(args)
     return _status(args)
 
 
@@ -95,8 +102,8 @@ def _sync(args) -> int:
     from dagster import DagsterInstance
 
     from .defs import build_defs
-    from .defs.assets import ENTITY_TAG, SYNC_ID_TAG
-    from .defs.definitions import job_name
+    from .defs.runs import ENTITY_TAG, SYNC_ID_TAG, close_abandoned
+    from .defs.sensors import job_name
     from .settings import state_url
     from .state import StateStore
 
@@ -106,6 +113,8 @@ def _sync(args) -> int:
     worst = EXIT_OK
     with DagsterInstance.get() as instance:
         for entity in args.entity:
+            for abandoned in close_abandoned(state, instance, entity):
+                print(f"{entity.value}: closed sync {abandoned.sync_id} as 4900 Abandoned: {abandoned.error_message}")
             try:
                 sync = state.enqueue_sync(
                     entity, mode, origin="cli", sync_to=args.sync_to, start=args.start, end=args.end,
@@ -163,6 +172,21 @@ def _sandbox(args) -> int:
     )
     print(f"sandbox: product service and gateway on http://{args.host}:{args.port}", flush=True)
     serve(config, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _api(args) -> int:
+    if not os.environ.get("SYNC_API_TOKEN"):
+        print("sync-pipeline: error: SYNC_API_TOKEN is not set; the Sync API will not start without it", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    _default_dagster_home()
+    import uvicorn
+
+    print(f"Sync API on http://{args.host}:{args.port}/product-gateway/v1 (OpenAPI: /product-gateway/v1/openapi.json)", flush=True)
+    uvicorn.run(
+        "sync_pipeline.api.server:app", factory=False, host=args.host, port=args.port, workers=args.workers,
+        log_level="warning",
+    )
     return EXIT_OK
 
 

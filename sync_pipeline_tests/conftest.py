@@ -69,6 +69,54 @@ def start_sandbox(*args: str) -> Sandbox:
     raise RuntimeError("sandbox did not start in 30s")
 
 
+@dataclass
+class ApiServer:
+    url: str  # base path included
+    process: subprocess.Popen
+
+
+def start_api(state_url: str, dagster_home: Path, write: str = "write-token", read: str = "read-token") -> ApiServer:
+    """`sync-pipeline api` as its own process on a free port, over `state_url`."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SYNC_STATE_URL": state_url,
+        "SYNC_API_TOKEN": write,
+        "SYNC_API_READ_TOKEN": read,
+        "DAGSTER_HOME": str(dagster_home),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_pipeline.cli", "api", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"API exited: {process.stderr.read().decode()}")
+        try:
+            if requests.get(f"{root}/healthz", timeout=1).ok:
+                return ApiServer(f"{root}/product-gateway/v1", process)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("API did not start in 60s")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def dagster_home(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return path
+
+
 def stop_sandbox(sandbox: Sandbox) -> None:
     sandbox.process.terminate()
     try:
@@ -96,9 +144,7 @@ def shared_sandbox():
 @pytest.fixture
 def sync_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox) -> Path:
     """Environment of a sync against `sandbox`: fresh data dir and Dagster instance."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home = dagster_home(tmp_path / "dagster_home")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("SYNC_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("SYNC_STATE_URL", raising=False)

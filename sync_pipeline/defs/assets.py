@@ -14,9 +14,8 @@ from ..pipeline import fetch_and_stage, publish_changes
 from ..staging import StagingStore
 from ..state import StateStore, SyncRecord
 from .resources import GatewayResource, ProductServiceResource, StateStoreResource
+from .runs import SYNC_ID_TAG, close_abandoned
 
-SYNC_ID_TAG = "sync_pipeline/sync_id"
-ENTITY_TAG = "sync_entity_type"
 
 
 class SyncConfig(dg.Config):
@@ -43,6 +42,7 @@ def _claim_sync(context: dg.AssetExecutionContext, state: StateStore, entity: En
 
     Either way the lease is the state store's: a second sync of the type fails here, fast.
     """
+    close_abandoned(state, context.instance, entity)
     tagged = context.run.tags.get(SYNC_ID_TAG)
     sync = state.get_sync(tagged) if tagged else None
     if sync is not None and sync.status is SyncStatus.QUEUED:

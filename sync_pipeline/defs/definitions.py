@@ -7,12 +7,10 @@ from dagster_duckdb import DuckDBResource
 
 from ..domain import EntityType
 from ..settings import staging_path
-from .assets import ENTITY_TAG, build_sync_assets, staging_key
+from .assets import build_sync_assets, staging_key
+from .runs import ENTITY_TAG
+from .sensors import build_sync_requests_sensor, job_name
 from .resources import default_resources
-
-
-def job_name(entity: EntityType) -> str:
-    return f"sync_{entity.plural}"
 
 
 def build_defs() -> dg.Definitions:
@@ -23,6 +21,8 @@ def build_defs() -> dg.Definitions:
             selection=dg.AssetSelection.groups(entity.plural),
             tags={ENTITY_TAG: entity.value},
             description=f"One {entity.value} sync: stage, then publish.",
+            # One process per run: the sync's owner process is the run's, start to end.
+            executor_def=dg.in_process_executor,
         )
         for entity in EntityType
     ]
@@ -30,7 +30,13 @@ def build_defs() -> dg.Definitions:
         **default_resources(),
         **{staging_key(entity): DuckDBResource(database=str(staging_path(entity))) for entity in EntityType},
     }
-    return dg.Definitions(assets=assets, jobs=jobs, resources=resources)
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=[build_sync_requests_sensor(jobs)],
+        resources=resources,
+        executor=dg.in_process_executor,
+    )
 
 
 defs = build_defs()

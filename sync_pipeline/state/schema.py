@@ -35,6 +35,10 @@ syncs = sa.Table(
     sa.Column("num_records", sa.Integer),
     sa.Column("data_pushed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error_message", sa.Text),
+    # The process that owns the sync (the CLI while queued, the run's process once started),
+    # so a sync whose process died can be told from one still running.
+    sa.Column("worker_host", sa.String(255)),
+    sa.Column("worker_pid", sa.Integer),
     # The lease: at most one queued or running sync per entity type, enforced by the database.
     sa.Index(
         "one_active_sync_per_entity",
@@ -74,5 +78,7 @@ schema_version = sa.Table(
 )
 
 # Upgrades after version 1, in order: (version, [SQL statements]). Version 1 is create_all.
-MIGRATIONS: list[tuple[int, list[str]]] = []
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (2, ["ALTER TABLE syncs ADD COLUMN worker_host VARCHAR(255)", "ALTER TABLE syncs ADD COLUMN worker_pid INTEGER"]),
+]
 CURRENT_VERSION = 1 + len(MIGRATIONS)

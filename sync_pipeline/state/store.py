@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -52,6 +54,8 @@ class SyncRecord:
     num_records: int | None
     data_pushed: bool
     error_message: str | None
+    worker_host: str | None
+    worker_pid: int | None
 
     @classmethod
     def from_row(cls, row: Any) -> "SyncRecord":
@@ -169,6 +173,8 @@ class StateStore:
             requested_at=utcnow(),
             origin=origin,
             allow_deletions=allow_deletions,
+            worker_host=socket.gethostname(),
+            worker_pid=os.getpid(),
         )
         try:
             with self.engine.begin() as conn:
@@ -191,6 +197,8 @@ class StateStore:
                     status=SyncStatus.IN_PROGRESS.text,
                     started_at=utcnow(),
                     run_id=run_id,
+                    worker_host=socket.gethostname(),
+                    worker_pid=os.getpid(),
                     mode=mode.value,
                     window_start=window.start,
                     window_end=window.end,
@@ -340,6 +348,9 @@ class StateStore:
             ).scalar()
         return _utc(value)
 
+    def active_syncs(self) -> list[SyncRecord]:
+        return self._all(sa.select(syncs).where(syncs.c.status_code.in_(ACTIVE_CODES)).order_by(syncs.c.requested_at))
+
     def history(self, entity: EntityType, limit: int = 20) -> list[SyncRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -349,6 +360,10 @@ class StateStore:
                 .limit(limit)
             ).all()
         return [SyncRecord.from_row(row) for row in rows]
+
+    def _all(self, query: sa.Select) -> list[SyncRecord]:
+        with self.engine.connect() as conn:
+            return [SyncRecord.from_row(row) for row in conn.execute(query).all()]
 
     def _one(self, query: sa.Select) -> SyncRecord | None:
         with self.engine.connect() as conn:
