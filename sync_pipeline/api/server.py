@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from ..domain import EntityType
 from ..settings import state_url
@@ -14,6 +15,7 @@ def _reaper():
     """Close syncs whose run died before a new one is queued (needs the Dagster instance,
     loaded on first use so the API starts fast)."""
     instance = None
+    lock = threading.Lock()  # the first requests arrive together; the instance is made once
 
     def reap(store: StateStore, entity: EntityType) -> None:
         nonlocal instance
@@ -21,8 +23,9 @@ def _reaper():
 
         from ..defs.runs import close_abandoned
 
-        if instance is None:
-            instance = DagsterInstance.get()
+        with lock:
+            if instance is None:
+                instance = DagsterInstance.get()
         close_abandoned(store, instance, entity)
 
     return reap
