@@ -3,12 +3,13 @@ these same models (openapi.py), so the two cannot drift apart."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 EntityTypeName = Literal["PRODUCT", "COLLECTION"]
-UtcTime = str  # ISO-8601 UTC, e.g. 2024-05-01T00:00:00Z
+# ISO-8601 UTC, e.g. 2024-05-01T00:00:00Z; kept a string so the API, not pydantic, says what is wrong.
+UtcTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 
 class Body(BaseModel):
