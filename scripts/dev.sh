@@ -7,6 +7,9 @@ export SYNC_DATA_DIR="${SYNC_DATA_DIR:-data}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD}"
 SANDBOX_PORT="${SANDBOX_PORT:-8765}"
 DAGSTER_PORT="${DAGSTER_PORT:-3000}"
+API_PORT="${API_PORT:-8080}"
+export SYNC_API_TOKEN="${SYNC_API_TOKEN:-dev-write-token}"
+export SYNC_API_READ_TOKEN="${SYNC_API_READ_TOKEN:-dev-read-token}"
 export PRODUCT_SERVICE_URL="${PRODUCT_SERVICE_URL:-http://127.0.0.1:$SANDBOX_PORT}"
 export GATEWAY_URL="${GATEWAY_URL:-http://127.0.0.1:$SANDBOX_PORT}"
 
@@ -16,10 +19,17 @@ $BIN/sync-pipeline sandbox --port "$SANDBOX_PORT" --state-file "$SYNC_DATA_DIR/s
 pids+=($!)
 $BIN/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
 pids+=($!)
+$BIN/sync-pipeline api --port "$API_PORT" &
+pids+=($!)
 cat <<MSG
 
   sandbox (product service + gateway)  http://127.0.0.1:$SANDBOX_PORT
   Dagster UI (webserver + daemon)      http://127.0.0.1:$DAGSTER_PORT
+  Sync API                             http://127.0.0.1:$API_PORT/product-gateway/v1
+     write token: $SYNC_API_TOKEN    read token: $SYNC_API_READ_TOKEN
+
+  Try:  curl -X PUT -H "Authorization: Bearer $SYNC_API_TOKEN" http://127.0.0.1:$API_PORT/product-gateway/v1/sync/PRODUCT
+        curl -H "Authorization: Bearer $SYNC_API_READ_TOKEN" http://127.0.0.1:$API_PORT/product-gateway/v1/sync/PRODUCT/history
   Ctrl-C stops everything.
 
 MSG
