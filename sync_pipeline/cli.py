@@ -102,7 +102,7 @@ def _sync(args) -> int:
     from dagster import DagsterInstance
 
     from .defs import build_defs
-    from .defs.runs import ENTITY_TAG, SYNC_ID_TAG, close_abandoned
+    from .defs.runs import close_abandoned, run_tags_for
     from .defs.sensors import job_name
     from .settings import state_url
     from .state import StateStore
@@ -124,10 +124,14 @@ def _sync(args) -> int:
                 print(f"sync-pipeline: {busy}", file=sys.stderr)
                 worst = max(worst, EXIT_BUSY)
                 continue
+            except ValueError as error:
+                print(f"sync-pipeline: error: {error}", file=sys.stderr)
+                worst = max(worst, EXIT_BAD_ARGS)
+                continue
             print(f"{entity.value}: sync {sync.sync_id} ({mode.value}) started")
             result = defs.resolve_job_def(job_name(entity)).execute_in_process(
                 instance=instance,
-                tags={SYNC_ID_TAG: sync.sync_id, ENTITY_TAG: entity.value},
+                tags=run_tags_for(sync),
                 run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                 raise_on_error=False,
             )

@@ -49,7 +49,7 @@ def assert_envelope(response: requests.Response, status: int) -> str:
 
 def finished_sync(store: StateStore, entity=EntityType.PRODUCT, status=SyncStatus.SUCCESS, num_records=42):
     sync = store.enqueue_sync(entity, SyncMode.FULL, origin="test")
-    store.start_sync(sync.sync_id, run_id="r", mode=SyncMode.FULL, window=Window(None, utcnow()))
+    store.start_sync(sync.sync_id, run_id="r")
     return store.finish_sync(sync.sync_id, status, num_records=num_records, published=40, failed=2, rejected=3, data_pushed=True)
 
 

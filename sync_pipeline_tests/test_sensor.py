@@ -92,7 +92,9 @@ def test_a_materialization_from_the_ui_fails_fast_while_a_sync_is_queued(env):
     store = StateStore(state_url())
     queued = store.enqueue_sync(EntityType.PRODUCT, SyncMode.LATEST, origin="api")
     with dg.DagsterInstance.get() as instance:
-        result = build_defs().resolve_job_def("sync_products").execute_in_process(instance=instance, raise_on_error=False)
+        result = build_defs().resolve_job_def("sync_products").execute_in_process(
+            instance=instance, partition_key="2025-03-01", raise_on_error=False
+        )
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert queued.sync_id in failure.step_failure_data.error.message

@@ -13,8 +13,12 @@ T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
 def run_to_end(store: StateStore, entity, mode=SyncMode.FULL, window=Window(None, T0), status=SyncStatus.SUCCESS):
-    sync = store.enqueue_sync(entity, mode, origin="test")
-    store.start_sync(sync.sync_id, run_id=f"run-{sync.sync_id}", mode=mode, window=window)
+    sync = store.enqueue_sync(
+        entity, mode, origin="test", sync_to=window.end if mode is not SyncMode.HISTORIC else None,
+        start=window.start if mode is SyncMode.HISTORIC else None, end=window.end if mode is SyncMode.HISTORIC else None,
+    )
+    assert sync.window == window
+    store.start_sync(sync.sync_id, run_id=f"run-{sync.sync_id}")
     return store.finish_sync(sync.sync_id, status, num_records=5, published=5)
 
 
@@ -33,7 +37,7 @@ def test_types_do_not_block_each_other(state_store):
 
 def test_a_running_sync_holds_the_lease_and_finishing_releases_it(state_store):
     sync = state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
-    started = state_store.start_sync(sync.sync_id, run_id="r1", mode=SyncMode.FULL, window=Window(None, T0))
+    started = state_store.start_sync(sync.sync_id, run_id="r1")
     assert started.status is SyncStatus.IN_PROGRESS and started.run_id == "r1"
     with pytest.raises(EntityBusy, match="inprogress"):
         state_store.enqueue_sync(P, SyncMode.FULL, origin="test")
@@ -46,17 +50,32 @@ def test_a_finished_sync_is_not_reopened(state_store):
     again = state_store.finish_sync(final.sync_id, SyncStatus.FAILED, error_message="late")
     assert again.status is SyncStatus.SUCCESS
     with pytest.raises(ValueError, match="not Queued"):
-        state_store.start_sync(final.sync_id, run_id="r", mode=SyncMode.FULL, window=Window(None, T0))
+        state_store.start_sync(final.sync_id, run_id="r")
 
 
 def test_the_watermark_is_the_end_of_the_last_successful_full_or_latest_sync(state_store):
     assert state_store.watermark(P) is None
     run_to_end(state_store, P, window=Window(None, T0))
     run_to_end(state_store, P, SyncMode.LATEST, Window(T0, T0 + timedelta(days=1)), SyncStatus.PARTIAL_SUCCESS)
-    run_to_end(state_store, P, SyncMode.LATEST, Window(T0, T0 + timedelta(days=2)), SyncStatus.GATEWAY_UNAVAILABLE)
+    run_to_end(state_store, P, SyncMode.LATEST, Window(T0 + timedelta(days=1), T0 + timedelta(days=2)), SyncStatus.GATEWAY_UNAVAILABLE)
     run_to_end(state_store, P, SyncMode.HISTORIC, Window(T0 - timedelta(days=9), T0 + timedelta(days=5)))
     assert state_store.watermark(P) == T0 + timedelta(days=1)
     assert state_store.watermark(C) is None
+
+
+def test_a_latest_sync_is_resolved_when_asked_for(state_store):
+    first = state_store.enqueue_sync(P, SyncMode.LATEST, origin="test", now=T0)
+    assert (first.mode, first.requested_mode, first.window) == (SyncMode.FULL, SyncMode.LATEST, Window(None, T0))
+    state_store.start_sync(first.sync_id, run_id="r")
+    state_store.finish_sync(first.sync_id, SyncStatus.SUCCESS)
+    second = state_store.enqueue_sync(P, origin="test", now=T0 + timedelta(hours=3))
+    assert (second.mode, second.window) == (SyncMode.LATEST, Window(T0, T0 + timedelta(hours=3)))
+
+
+def test_a_window_that_cannot_be_synced_is_refused_before_queueing(state_store):
+    with pytest.raises(ValueError, match="future"):
+        state_store.enqueue_sync(P, SyncMode.HISTORIC, origin="test", start=T0, end=datetime(2999, 1, 1, tzinfo=timezone.utc))
+    assert state_store.active_sync(P) is None
 
 
 def test_history_is_newest_first_with_every_count(state_store):

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..domain import EntityType, SyncMode, format_time, parse_time, resolve_window, utcnow
+from ..domain import EntityType, SyncMode, format_time, parse_time
 from ..state import StateStore, SyncRecord
 from . import schemas
 from .errors import HANDLERS, ApiError, envelope
@@ -90,22 +90,18 @@ class SyncApi:
 
     def enqueue_latest(self, call: Call) -> tuple[int, BaseModel]:
         sync_to = _time_field(call.body.syncTo, "syncTo") if call.body is not None else None
-        self.reap(self.store, call.entity)
-        try:  # checked now so a bad request is a 400, not a failed sync later
-            resolve_window(SyncMode.LATEST, now=utcnow(), watermark=self.store.watermark(call.entity), sync_to=sync_to)
-        except ValueError as error:
-            raise ApiError(400, str(error)) from None
-        sync = self.store.enqueue_sync(call.entity, SyncMode.LATEST, origin="api", sync_to=sync_to)
-        return 202, _accepted(sync)
+        return self._enqueue(call.entity, SyncMode.LATEST, sync_to=sync_to)
 
     def enqueue_historic(self, call: Call) -> tuple[int, BaseModel]:
         start, end = _time_field(call.body.start, "start"), _time_field(call.body.end, "end")
-        try:
-            resolve_window(SyncMode.HISTORIC, now=utcnow(), watermark=None, start=start, end=end)
+        return self._enqueue(call.entity, SyncMode.HISTORIC, start=start, end=end)
+
+    def _enqueue(self, entity: EntityType, mode: SyncMode, **window: Any) -> tuple[int, BaseModel]:
+        self.reap(self.store, entity)
+        try:  # the window is resolved and checked now: a bad request is a 400, not a failed sync
+            sync = self.store.enqueue_sync(entity, mode, origin="api", **window)
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        self.reap(self.store, call.entity)
-        sync = self.store.enqueue_sync(call.entity, SyncMode.HISTORIC, origin="api", start=start, end=end)
         return 202, _accepted(sync)
 
     def history(self, call: Call) -> tuple[int, BaseModel]:
@@ -163,7 +159,7 @@ def _accepted(sync: SyncRecord) -> schemas.SyncAcceptedResponse:
             entityType=sync.entity_type.value,
             syncStatusCode=sync.status.code,
             syncStatus=sync.status.text,
-            mode=sync.requested_mode.value,
+            mode=sync.mode.value,
             requestedAt=format_time(sync.requested_at),
             syncTo=format_time(sync.sync_to),
             windowStart=format_time(sync.window_start),

@@ -1,29 +1,42 @@
 """Two assets per entity type: `<type>_staged` (fetch, stage, validate) and `<type>_published`
-(publish what changed, follow the batches, record the sync). Thin: the work is in pipeline.py."""
+(publish what changed, follow the batches, record the sync). Thin: the work is in pipeline.py.
 
+Both are partitioned by day. A run covers one range of days: a backfill of last March is one
+historic sync of [March 1, April 1); a latest or full sync labels the days its window covers."""
 
-from datetime import datetime
 from typing import Optional
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time, resolve_window, utcnow
+from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time, utcnow
 from ..errors import EntityBusy, status_for
 from ..pipeline import fetch_and_stage, publish_changes
 from ..staging import StagingStore
 from ..state import StateStore, SyncRecord
+from . import checks
+from .partitions import daily_partitions, partition_window
 from .resources import GatewayResource, ProductServiceResource, StateStoreResource
 from .runs import SYNC_ID_TAG, close_abandoned
 
+# Dagster puts assets that share partitions and backfill policy into one backfill run; a policy
+# of each type's own keeps a backfill of both types at one run per entity type, each with its
+# own lease, as if launched separately. Either way a selected range is one run, not one per day.
+BACKFILL_POLICIES = {
+    EntityType.PRODUCT: dg.BackfillPolicy.single_run(),
+    EntityType.COLLECTION: dg.BackfillPolicy.multi_run(max_partitions_per_run=100_000),
+}
 
 
 class SyncConfig(dg.Config):
-    """How to sync when the run was not started from a queued request (UI launchpad)."""
+    """How to sync when the run does not carry a queued request (launched from the UI).
 
-    mode: str = "latest"  # latest | full | historic
+    With no mode, the selected days are synced as a historic range.
+    """
+
+    mode: Optional[str] = None  # latest | full | historic
     sync_to: Optional[str] = None  # latest: up to this time (default now)
-    start: Optional[str] = None  # historic: [start, end)
+    start: Optional[str] = None  # historic: [start, end); default the selected days
     end: Optional[str] = None
     allow_deletions: bool = False  # full: go on even above the deletion safety share
     deletion_share: float = 0.10
@@ -33,7 +46,7 @@ def staging_key(entity: EntityType) -> str:
     return f"{entity.plural}_staging_db"
 
 
-def _optional_time(text: str | None) -> datetime | None:
+def _optional_time(text: Optional[str]):
     return parse_time(text) if text else None
 
 
@@ -47,25 +60,29 @@ def _claim_sync(context: dg.AssetExecutionContext, state: StateStore, entity: En
     sync = state.get_sync(tagged) if tagged else None
     if sync is not None and sync.status is SyncStatus.QUEUED:
         return sync
-    if sync is not None:  # a re-execution of a finished run: the same request, as a new sync
-        mode, sync_to, start, end, allow = (
-            sync.requested_mode, sync.sync_to, sync.window_start, sync.window_end, sync.allow_deletions,
-        )
-        if mode is not SyncMode.HISTORIC:
-            start = end = None
-    else:
-        try:
-            mode = SyncMode(config.mode)
-            sync_to, start, end = map(_optional_time, (config.sync_to, config.start, config.end))
-        except ValueError as error:
-            raise dg.Failure(description=f"bad sync config: {error}") from None
-        allow = config.allow_deletions
     try:
-        return state.enqueue_sync(
-            entity, mode, origin="dagster", sync_to=sync_to, start=start, end=end, allow_deletions=allow
-        )
+        if sync is not None:  # a re-execution of a finished run: the same request, as a new sync
+            request = dict(mode=sync.requested_mode, sync_to=sync.sync_to, allow_deletions=sync.allow_deletions)
+            if sync.requested_mode is SyncMode.HISTORIC:
+                request.update(start=sync.window_start, end=sync.window_end)
+        elif config.mode is None and (context.has_partition_key or context.has_partition_key_range):
+            days = partition_window(context, utcnow())
+            request = dict(mode=SyncMode.HISTORIC, start=days.start, end=days.end)
+        elif config.mode is None:
+            request = dict(mode=SyncMode.LATEST)
+        else:
+            request = dict(
+                mode=SyncMode(config.mode),
+                sync_to=_optional_time(config.sync_to),
+                start=_optional_time(config.start),
+                end=_optional_time(config.end),
+                allow_deletions=config.allow_deletions,
+            )
+        return state.enqueue_sync(entity, origin="dagster", **request)
     except EntityBusy as busy:
         raise dg.Failure(description=f"{busy}; this run does not start a second one.") from None
+    except ValueError as error:
+        raise dg.Failure(description=f"cannot sync {entity.value}: {error}") from None
 
 
 def _fail(state: StateStore, sync_id: str, error: BaseException) -> dg.Failure:
@@ -74,14 +91,25 @@ def _fail(state: StateStore, sync_id: str, error: BaseException) -> dg.Failure:
     return dg.Failure(description=f"sync {sync_id} ended {status.code} {status.text}: {error}")
 
 
+def _window_metadata(window: Window) -> dict:
+    return {
+        "window_start": dg.MetadataValue.timestamp(window.start) if window.start else "beginning",
+        "window_end": dg.MetadataValue.timestamp(window.end),
+        "window_hours": round(((window.end - window.start).total_seconds() / 3600) if window.start else -1.0, 2),
+    }
+
+
 def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
     name = entity.plural
-    published_key = dg.AssetKey(f"{name}_published")
+    staged_key, published_key = dg.AssetKey(f"{name}_staged"), dg.AssetKey(f"{name}_published")
 
     @dg.asset(
-        name=f"{name}_staged",
+        key=staged_key,
         group_name=name,
         kinds={"duckdb"},
+        partitions_def=daily_partitions,
+        backfill_policy=BACKFILL_POLICIES[entity],
+        check_specs=checks.staged_check_specs(staged_key),
         required_resource_keys={"product_service", "state_store", staging_key(entity)},
         description=(
             f"Pages the product service's /{name} for the sync's window (latest, full or historic),"
@@ -97,22 +125,16 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
             raise dg.Failure(description=f"materialize {name}_staged together with {published_key.to_user_string()}")
         state = state_store.store()
         sync = _claim_sync(context, state, entity, config)
-        try:
-            mode, window = resolve_window(
-                sync.requested_mode, now=utcnow(), watermark=state.watermark(entity),
-                sync_to=sync.sync_to, start=sync.window_start, end=sync.window_end,
-            )
-        except ValueError as error:
-            raise _fail(state, sync.sync_id, error) from None
-        state.start_sync(sync.sync_id, run_id=context.run.run_id, mode=mode, window=window)
-        context.log.info(f"sync {sync.sync_id}: {mode.value} {entity.value} sync of {_describe(window)}")
+        state.start_sync(sync.sync_id, run_id=context.run.run_id)
+        window = sync.window
+        context.log.info(f"sync {sync.sync_id}: {sync.mode.value} {entity.value} sync of {_describe(window)}")
         duckdb: DuckDBResource = getattr(context.resources, staging_key(entity))
         source = product_service.client()
         try:
             with duckdb.get_connection() as connection:
                 result = fetch_and_stage(
                     source, StagingStore(connection), entity, window, sync.sync_id,
-                    full=mode is SyncMode.FULL, allow_deletions=sync.allow_deletions,
+                    full=sync.mode is SyncMode.FULL, allow_deletions=sync.allow_deletions,
                     deletion_share=config.deletion_share, progress=context.log.info,
                 )
         except Exception as error:
@@ -128,9 +150,8 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             metadata={
                 "sync_id": sync.sync_id,
-                "mode": mode.value,
-                "window_start": dg.MetadataValue.timestamp(window.start) if window.start else "beginning",
-                "window_end": dg.MetadataValue.timestamp(window.end),
+                "mode": sync.mode.value,
+                **_window_metadata(window),
                 "records_fetched": counts.fetched,
                 "records_valid": counts.valid,
                 "records_rejected": counts.rejected,
@@ -138,14 +159,18 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
                 "pages": result.pages,
                 "duration_seconds": round(result.seconds, 3),
                 "records_per_second": round(counts.fetched / max(result.seconds, 1e-9), 1),
-            }
+            },
+            check_results=[checks.rejected_share_result(result)],
         )
 
     @dg.asset(
-        name=f"{name}_published",
+        key=published_key,
         group_name=name,
         deps=[staged],
         kinds={"api"},
+        partitions_def=daily_partitions,
+        backfill_policy=BACKFILL_POLICIES[entity],
+        check_specs=checks.published_check_specs(published_key),
         required_resource_keys={"gateway", "state_store", staging_key(entity)},
         description=(
             f"Publishes to the gateway catalogue the staged {name} whose content changed since the"
@@ -167,6 +192,17 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
                 staging = StagingStore(connection)
                 result = publish_changes(
                     client, staging, state, entity, sync.sync_id, workers=gateway.workers, progress=context.log.info
+                )
+                batches = state.batches_for_sync(sync.sync_id)
+                refused = [str(item.get("id")) for b in batches if b.bulk_operation_type == "UPSERT" for item in b.failed_products]
+                matches = checks.gateway_matches_result(
+                    held=staging.published_count(),
+                    staged=staging.staged_count(),
+                    refused=len(refused),
+                    unexplained=staging.unexplained_unpublished(refused),
+                    orphans=staging.orphan_count(),
+                    reported=sum(b.success_count for b in batches if b.batch_status == "COMPLETED"),
+                    marked=result.published + result.deleted,
                 )
                 num_records = staging.published_count()
         except Exception as error:
@@ -197,7 +233,11 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
                 "publish_seconds": round(result.seconds, 3),
                 "duration_seconds": round(total_seconds, 3),
                 "records_per_second": round(final.fetched / max(total_seconds, 1e-9), 1),
-            }
+            },
+            check_results=[
+                matches,
+                checks.batch_failures_result(result, sum(b.batch_status == "FAILED" for b in batches)),
+            ],
         )
 
     return [staged, published]

@@ -1,4 +1,4 @@
-"""The one Definitions object: assets and jobs per entity type, with their resources."""
+"""The one Definitions object: assets, checks, jobs, schedules and the sensor, with resources."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ from dagster_duckdb import DuckDBResource
 from ..domain import EntityType
 from ..settings import staging_path
 from .assets import build_sync_assets, staging_key
-from .runs import ENTITY_TAG
-from .sensors import build_sync_requests_sensor, job_name
+from .checks import build_freshness_check
 from .resources import default_resources
+from .runs import ENTITY_TAG
+from .schedules import build_daily_schedule, build_freshness_schedule
+from .sensors import build_sync_requests_sensor, job_name
 
 
 def build_defs() -> dg.Definitions:
-    assets = [asset for entity in EntityType for asset in build_sync_assets(entity)]
-    jobs = [
-        dg.define_asset_job(
+    assets, freshness_checks, jobs, schedules = [], [], [], []
+    for entity in EntityType:
+        staged, published = build_sync_assets(entity)
+        assets += [staged, published]
+        freshness_checks.append(build_freshness_check(entity, published.key))
+        job = dg.define_asset_job(
             job_name(entity),
             selection=dg.AssetSelection.groups(entity.plural),
             tags={ENTITY_TAG: entity.value},
@@ -24,15 +29,23 @@ def build_defs() -> dg.Definitions:
             # One process per run: the sync's owner process is the run's, start to end.
             executor_def=dg.in_process_executor,
         )
-        for entity in EntityType
-    ]
+        jobs.append(job)
+        schedules.append(build_daily_schedule(entity, job))
+    freshness_job = dg.define_asset_job(
+        "check_freshness",
+        selection=dg.AssetSelection.checks(*freshness_checks),
+        description="The freshness checks alone: has each type synced successfully within 26 hours?",
+    )
+    schedules.append(build_freshness_schedule(freshness_job))
     resources = {
         **default_resources(),
         **{staging_key(entity): DuckDBResource(database=str(staging_path(entity))) for entity in EntityType},
     }
     return dg.Definitions(
         assets=assets,
-        jobs=jobs,
+        asset_checks=freshness_checks,
+        jobs=[*jobs, freshness_job],
+        schedules=schedules,
         sensors=[build_sync_requests_sensor(jobs)],
         resources=resources,
         executor=dg.in_process_executor,

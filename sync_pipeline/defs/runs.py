@@ -1,17 +1,28 @@
-"""Finding syncs whose run died: the Dagster run's real state, and the owning process."""
+"""How runs and syncs are linked (run tags), and finding syncs whose run died: the Dagster
+run's real state, and the owning process."""
 
 from __future__ import annotations
 
 import os
 import socket
 
+from datetime import timedelta
+
 import dagster as dg
 
-from ..domain import EntityType, SyncStatus
+from ..domain import EntityType, SyncStatus, utcnow
 from ..state import StateStore, SyncRecord
+from .partitions import partition_range_tags
 
 SYNC_ID_TAG = "sync_pipeline/sync_id"
 ENTITY_TAG = "sync_entity_type"
+NEVER_LAUNCHED_AFTER = timedelta(minutes=10)
+
+
+def run_tags_for(sync: SyncRecord) -> dict[str, str]:
+    """The tags of the run that carries out `sync`: its id, its entity type (the run queue's
+    limit key) and the days its window covers."""
+    return {SYNC_ID_TAG: sync.sync_id, ENTITY_TAG: sync.entity_type.value, **partition_range_tags(sync.window)}
 
 
 def process_is_gone(host: str | None, pid: int | None) -> bool:
@@ -43,7 +54,9 @@ def why_dead(instance: dg.DagsterInstance, sync: SyncRecord) -> str | None:
             return f"its run {runs[0].dagster_run.run_id} ended {runs[0].dagster_run.status.value} before the sync started"
         if runs:
             return None
-        if sync.origin not in ("cli", "dagster"):  # waiting for the sensor to launch it
+        if sync.origin == "schedule" and utcnow() - sync.requested_at > NEVER_LAUNCHED_AFTER:
+            return f"its scheduled run was never launched ({NEVER_LAUNCHED_AFTER} after the tick)"
+        if sync.origin not in ("cli", "dagster"):  # an API request waits for the sensor
             return None
     if process_is_gone(sync.worker_host, sync.worker_pid):
         return f"its process {sync.worker_pid} on {sync.worker_host} is gone"

@@ -6,9 +6,9 @@ import dagster as dg
 
 from ..domain import EntityType, SyncStatus
 from .resources import StateStoreResource
-from .runs import ENTITY_TAG, SYNC_ID_TAG, close_abandoned
+from .runs import close_abandoned, run_tags_for
 
-LAUNCHED_BY_SENSOR = ("api", "schedule")
+LAUNCHED_BY_SENSOR = ("api",)
 
 
 def job_name(entity: EntityType) -> str:
@@ -44,11 +44,7 @@ def sync_requests(context: dg.SensorEvaluationContext):
         return dg.SkipReason("no queued sync requests")
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(
-                run_key=sync.sync_id,
-                job_name=job_name(sync.entity_type),
-                tags={SYNC_ID_TAG: sync.sync_id, ENTITY_TAG: sync.entity_type.value},
-            )
+            dg.RunRequest(run_key=sync.sync_id, job_name=job_name(sync.entity_type), tags=run_tags_for(sync))
             for sync in queued
         ]
     )

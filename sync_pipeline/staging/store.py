@@ -73,6 +73,10 @@ class StagingStore:
         self.db = connection
         self.db.execute(SCHEMA)
 
+    def _scalar(self, sql: str, params: list | None = None):
+        # fetchall, not fetchone: a result left unfinished blocks the connection's next call.
+        return self.db.execute(sql, params or []).fetchall()[0][0]
+
     # --- fetch -------------------------------------------------------------------------
     def begin_fetch(self) -> None:
         self.db.execute("DELETE FROM fetched")
@@ -133,12 +137,12 @@ class StagingStore:
                 """,
                 [sync_id],
             )
-            fetched, unique, valid = db.execute(
+            [(fetched, unique, valid)] = db.execute(
                 """
                 SELECT (SELECT count(*) FROM fetched), count(*), count(*) FILTER (WHERE reason IS NULL)
                 FROM latest
                 """
-            ).fetchone()
+            ).fetchall()
             db.execute("DROP TABLE latest")
             db.execute("COMMIT")
         except BaseException:
@@ -148,7 +152,7 @@ class StagingStore:
 
     # --- diff --------------------------------------------------------------------------
     def count_changed(self) -> int:
-        return self.db.execute(f"SELECT count(*) {_CHANGED_FROM}").fetchone()[0]
+        return self._scalar(f"SELECT count(*) {_CHANGED_FROM}")
 
     def changed_since_publish(self, chunk_size: int) -> Iterator[list[ChangedRecord]]:
         """Staged records whose content differs from what the gateway accepted, in id order."""
@@ -221,11 +225,28 @@ class StagingStore:
         finally:
             self.db.unregister("deleted_chunk")
 
+    def unexplained_unpublished(self, refused_ids: list[str]) -> int:
+        """Staged records the gateway never accepted and did not refuse: they were not sent."""
+        table = pa.table({"id": pa.array(refused_ids, pa.string())})
+        self.db.register("refused_ids", table)
+        try:
+            return self._scalar("""
+                SELECT count(*) FROM staged s
+                WHERE NOT EXISTS (SELECT 1 FROM published p WHERE p.id = s.id)
+                  AND s.id NOT IN (SELECT id FROM refused_ids)
+                """)
+        finally:
+            self.db.unregister("refused_ids")
+
+    def orphan_count(self) -> int:
+        """Records the gateway holds that are not in the source's image (unconfirmed deletions)."""
+        return self._scalar("SELECT count(*) FROM published WHERE id NOT IN (SELECT id FROM staged)")
+
     def published_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM published").fetchone()[0]
+        return self._scalar("SELECT count(*) FROM published")
 
     def staged_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM staged").fetchone()[0]
+        return self._scalar("SELECT count(*) FROM staged")
 
     def rejected_for_sync(self, sync_id: str) -> list[tuple[str | None, str, str]]:
         return self.db.execute(

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..domain import EntityType, SyncMode, SyncStatus, Window, utcnow
+from ..domain import EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
 from ..errors import EntityBusy
 from . import schema
 from .schema import batches, syncs
@@ -147,30 +147,39 @@ class StateStore:
     def enqueue_sync(
         self,
         entity: EntityType,
-        mode: SyncMode,
+        mode: SyncMode = SyncMode.LATEST,
         *,
         origin: str,
         sync_to: datetime | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
         allow_deletions: bool = False,
+        now: datetime | None = None,
     ) -> SyncRecord:
-        """Insert a Queued sync; the unique index lets in only one active sync per type.
+        """Insert a Queued sync with its window resolved now; the unique index lets in only
+        one active sync per type.
 
-        Raises EntityBusy, naming the active sync, when one is already queued or running.
+        The window is fixed at request time (a latest sync runs up to the moment it was asked
+        for): while this sync is active no other sync of the type can move the watermark.
+        Raises ValueError for a window that cannot be synced, and EntityBusy, naming the
+        active sync, when one is already queued or running.
         """
+        now = now or utcnow()
+        actual_mode, window = resolve_window(
+            mode, now=now, watermark=self.watermark(entity), sync_to=sync_to, start=start, end=end
+        )
         sync_id = str(uuid.uuid4())
         values = dict(
             sync_id=sync_id,
             entity_type=entity.value,
-            mode=mode.value,
+            mode=actual_mode.value,
             requested_mode=mode.value,
-            window_start=start,
-            window_end=end,
+            window_start=window.start,
+            window_end=window.end,
             sync_to=sync_to,
             status_code=SyncStatus.QUEUED.code,
             status=SyncStatus.QUEUED.text,
-            requested_at=utcnow(),
+            requested_at=now,
             origin=origin,
             allow_deletions=allow_deletions,
             worker_host=socket.gethostname(),
@@ -186,8 +195,8 @@ class StateStore:
             raise EntityBusy(entity, active.sync_id, active.status) from None
         return self.get_sync(sync_id)
 
-    def start_sync(self, sync_id: str, *, run_id: str, mode: SyncMode, window: Window) -> SyncRecord:
-        """Queued -> InProgress, recording the run and the window actually synced."""
+    def start_sync(self, sync_id: str, *, run_id: str) -> SyncRecord:
+        """Queued -> InProgress, recording the run and its process."""
         with self.engine.begin() as conn:
             updated = conn.execute(
                 syncs.update()
@@ -199,9 +208,6 @@ class StateStore:
                     run_id=run_id,
                     worker_host=socket.gethostname(),
                     worker_pid=os.getpid(),
-                    mode=mode.value,
-                    window_start=window.start,
-                    window_end=window.end,
                 )
             ).rowcount
         if updated != 1:
