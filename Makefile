@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test dev bench venv clean
+.PHONY: run test dev bench venv clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ venv: $(STAMP)
 run: $(STAMP)  ## full sync of both entity types against a fresh sandbox, then the status
 	bash scripts/run.sh
 
-test: $(STAMP)  ## every test
+test: $(STAMP) browser  ## every test
 	$(BIN)/pytest
+
+# The browser test drives Debian's Chromium (no browser download); install it when missing.
+browser:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "could not install chromium: the browser test will be skipped"; }
 
 dev: $(STAMP)  ## sandbox, Dagster webserver and daemon, on loopback
 	bash scripts/dev.sh
@@ -28,4 +34,4 @@ bench: $(STAMP)  ## the benchmarks
 	$(BIN)/python -m bench.full_sync
 
 clean:
-	rm -rf data/*.duckdb* data/state.db* data/sandbox-gateway.json storage history schedules logs
+	rm -rf data/*.duckdb* data/state.db* data/sandbox-gateway.json storage history schedules logs test-artifacts
