@@ -92,3 +92,11 @@ def test_the_checks_run_with_the_sync_and_refusals_turn_one_yellow(sync_env):
     # 2 of the 198 collections sent were refused (1.01% > 1%): a warning, the rest pass.
     assert status == {"rejected_share": "SUCCEEDED", "gateway_matches_staging": "SUCCEEDED",
                       "batch_failures": "FAILED", "fresh_within_26h": "SUCCEEDED"}
+
+
+def test_the_freshness_check_goes_red_when_a_type_never_synced(sync_env):
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        result = build_defs().resolve_job_def("check_freshness").execute_in_process(instance=instance)
+    evaluations = {e.asset_key.to_user_string(): e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {"products_published": True, "collections_published": False}
