@@ -22,6 +22,10 @@ class GatewayError(SyncError):
 
     status = SyncStatus.GATEWAY_UNAVAILABLE
 
+    def __init__(self, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
 
 class DeletionGuardError(SyncError):
     """A full sync would delete more than the safety share of the catalogue."""

@@ -5,7 +5,9 @@ that writes the gateway). The Dagster assets call these and record what they ret
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .domain import EntityType, Window
-from .errors import DeletionGuardError
+from .errors import DeletionGuardError, GatewayError
 from .gateway import BatchOutcome, GatewayClient, Operation, idempotency_key
 from .sources import ProductServiceClient
 from .staging import ChangedRecord, PageRows, StageCounts, StagingStore, to_rows
@@ -24,6 +26,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
+CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process at the named point when SYNC_PIPELINE_CRASH_AT says so,
+    to prove that a sync killed anywhere is closed by the next one, which converges."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -111,11 +121,14 @@ def fetch_and_stage(
         if len(rows) >= chunk_rows:
             staging.load_rows(rows)
             rows = PageRows()
+        if pages == 2:
+            crash_point("fetching")
         if progress and pages % 50 == 0:
             elapsed = time.monotonic() - started
             progress(f"{pages} pages, {seen} records, {seen / max(elapsed, 1e-9):,.0f} records/s")
     staging.load_rows(rows)
     counts = staging.stage_fetched(sync_id, full=full)
+    crash_point("staged")
     to_delete = 0
     if full:
         to_delete = _plan_deletions(source, staging, entity, deletion_share, allow_deletions)
@@ -157,7 +170,7 @@ def publish_changes(
     started = time.monotonic()
     totals = {"published": 0, "failed": 0, "deleted": 0, "batches": 0}
 
-    def send(operation: Operation, items: list[ChangedRecord]) -> tuple[list[ChangedRecord], BatchOutcome]:
+    def submit_and_follow(operation: Operation, items: list[ChangedRecord]) -> BatchOutcome:
         key = state.usable_idempotency_key(
             idempotency_key(entity, operation, (item.fingerprint for item in items))
         )
@@ -165,32 +178,45 @@ def publish_changes(
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
         else:
             batch_id = gateway.submit_delete(entity, [item.id for item in items], key)
+        crash_point("publishing")
         state.record_batch(
             batch_id=batch_id, sync_id=sync_id, entity=entity, operation=operation.value,
             idempotency_key=key, item_count=len(items),
         )
+        crash_point("waiting")
         outcome = gateway.wait_for_batch(batch_id)
         state.record_batch_outcome(
             batch_id, batch_status=outcome.batch_status, success_count=outcome.success_count,
             fail_count=outcome.fail_count, failed_products=outcome.failed_items, ratio=outcome.ratio,
         )
-        return items, outcome
+        return outcome
+
+    def send(operation: Operation, items: list[ChangedRecord]) -> list[tuple[list[ChangedRecord], BatchOutcome]]:
+        """Submit and follow one batch; a batch the gateway finds too large goes as two halves."""
+        try:
+            return [(items, submit_and_follow(operation, items))]
+        except GatewayError as error:
+            if error.http_status != 413 or len(items) == 1:
+                raise
+            half = len(items) // 2
+            log.info("the gateway found a batch of %d too large: sending it as two of %d", len(items), half)
+            return send(operation, items[:half]) + send(operation, items[half:])
 
     def settle(future: Future, operation: Operation) -> None:
-        items, outcome = future.result()
-        totals["batches"] += 1
-        if outcome.batch_status != "COMPLETED":
-            totals["failed"] += len(items)
-            return
-        refused = outcome.failed_ids
-        accepted = [item for item in items if item.id not in refused]
-        if operation is Operation.UPSERT:
-            staging.mark_published(accepted, sync_id)
-            totals["published"] += len(accepted)
-        else:
-            staging.mark_deleted([item.id for item in accepted])
-            totals["deleted"] += len(accepted)
-        totals["failed"] += len(items) - len(accepted)
+        for items, outcome in future.result():
+            totals["batches"] += 1
+            if outcome.batch_status != "COMPLETED":
+                totals["failed"] += len(items)
+                continue
+            refused = outcome.failed_ids
+            accepted = [item for item in items if item.id not in refused]
+            if operation is Operation.UPSERT:
+                staging.mark_published(accepted, sync_id)
+                totals["published"] += len(accepted)
+            else:
+                staging.mark_deleted([item.id for item in accepted])
+                totals["deleted"] += len(accepted)
+            totals["failed"] += len(items) - len(accepted)
         if progress and totals["batches"] % 20 == 0:
             progress(f"{totals['batches']} batches settled, {totals['published']} records published")
 

@@ -80,7 +80,9 @@ class GatewayClient:
         poll_interval_max: float = 2.0,
         batch_timeout: float = 600.0,
         pool_size: int = 8,
+        cut_off_retries: int = 3,
     ):
+        self.cut_off_retries = cut_off_retries
         self.base_url = base_url.rstrip("/") + "/product-gateway/v1/catalog"
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -135,17 +137,28 @@ class GatewayClient:
         return str(orjson.loads(response.content)["data"]["batchId"])
 
     def _call(self, method: str, url: str, **kwargs) -> requests.Response:
-        try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.RequestException as error:
-            raise GatewayError(f"{url}: gateway unreachable ({type(error).__name__}: {error})") from error
+        # urllib3 retries 429/5xx and refused connections. A response cut off mid-body (the
+        # gateway may have done the work) is retried here: a batch goes again under the same
+        # Idempotency-Key, so the gateway answers with the batch it already has.
+        for attempt in range(self.cut_off_retries + 1):
+            if attempt:
+                time.sleep(self.poll_interval * (2**attempt))
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+                response.content  # read it all here, where a cut-off is caught  # noqa: B018
+                return response
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as error:
+                problem = error
+            except requests.RequestException as error:
+                raise GatewayError(f"{url}: gateway unreachable ({type(error).__name__}: {error})") from error
+        raise GatewayError(f"{url}: the gateway's response was cut off {self.cut_off_retries + 1} times ({problem})")
 
     @staticmethod
     def _raise_for_status(response: requests.Response, url: str) -> None:
         if response.status_code < 400:
             return
         detail = describe_error_body(response)
-        raise GatewayError(f"{url}: HTTP {response.status_code} from the gateway: {detail}")
+        raise GatewayError(f"{url}: HTTP {response.status_code} from the gateway: {detail}", http_status=response.status_code)
 
 
 def _check_size(count: int) -> None:

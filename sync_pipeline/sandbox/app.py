@@ -85,14 +85,32 @@ class Sandbox:
             tmp.replace(path)
 
     # --- product service ----------------------------------------------------------------
+    def with_faults(self, side: str, handler):
+        """Wrap a handler of one side with the current fault: delay, answer early, or spoil
+        the answer after the work is done."""
+
+        async def endpoint(request: Request) -> Response:
+            self.requests[side] += 1
+            fault = self.fault
+            if not fault.applies(side):
+                return await handler(request)
+            fault.counts[side] += 1
+            if delay := fault.delay(side):
+                await asyncio.sleep(delay)
+            early = fault.before(side, request)
+            if early is not None:
+                return early
+            return fault.after(side, request, await handler(request))
+
+        return endpoint
+
     def _product_guard(self, request: Request) -> Response | None:
-        self.requests["product"] += 1
         token = bearer(request)
         if token is None:
             return problem(401, "unauthorised", "No authorisation token provided")
         if token != self.config.product_token:
             return problem(401, "unauthorised", "Unauthorised token provided")
-        return self.fault.on_product_request(request)
+        return None
 
     async def list_records(self, request: Request) -> Response:
         if (refusal := self._product_guard(request)) is not None:
@@ -135,13 +153,12 @@ class Sandbox:
 
     # --- gateway catalogue ------------------------------------------------------------
     def _gateway_guard(self, request: Request) -> Response | None:
-        self.requests["gateway"] += 1
         token = bearer(request)
         if token is None:
             return envelope(401, "Unauthorized", "no bearer token")
         if token != self.config.gateway_token:
             return envelope(401, "Unauthorized", "unknown bearer token")
-        return self.fault.on_gateway_request(request)
+        return None
 
     async def submit_batch(self, request: Request) -> Response:
         if (refusal := self._gateway_guard(request)) is not None:
@@ -152,8 +169,13 @@ class Sandbox:
         key = request.headers.get("idempotency-key", "").strip()
         if not key:
             return envelope(400, "Bad Request", "the Idempotency-Key header is required")
+        raw = await request.body()
+        limit = self.fault.max_body_bytes() if self.fault.applies("gateway") else None
+        if limit is not None and len(raw) > limit:
+            self.fault.hit()
+            return envelope(413, "Payload Too Large", f"the body is {len(raw)} bytes; at most {limit} are taken")
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             return envelope(400, "Bad Request", f"body is not JSON: {error}")
         operation = body.get("operation") if isinstance(body, dict) else None
@@ -175,7 +197,7 @@ class Sandbox:
         number = self.gateway.stats["batches"]
 
         def finish() -> None:
-            if self.fault.batch_fails(number):
+            if self.fault.applies("gateway") and self.fault.batch_fails(number):
                 self.gateway.fail(batch, "batch rejected by the catalogue")
             else:
                 self.gateway.complete(batch)
@@ -236,7 +258,15 @@ class Sandbox:
         return raw_json(orjson.dumps({"records": {k: orjson.Fragment(v) for k, v in held.items()}}))
 
     async def admin_stats(self, request: Request) -> Response:
-        return JSONResponse({"requests": self.requests, "gateway": self.gateway.stats, "fault": self.fault.name})
+        return JSONResponse(
+            {
+                "requests": self.requests,
+                "gateway": self.gateway.stats,
+                "fault": self.fault.name,
+                "faultSides": list(self.fault.sides),
+                "faultsInjected": self.fault.injected,
+            }
+        )
 
     async def admin_faults(self, request: Request) -> Response:
         try:
@@ -279,12 +309,16 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
 
     routes = [
         Route("/healthz", sandbox.healthz),
-        Route("/products", sandbox.list_records),
-        Route("/collections", sandbox.list_records),
-        Route("/products/{record_id:path}", sandbox.get_record),
-        Route("/collections/{record_id:path}", sandbox.get_record),
-        Route("/product-gateway/v1/catalog/batches/{batch_id}", sandbox.get_batch),
-        Route("/product-gateway/v1/catalog/{entity_type}/batches", sandbox.submit_batch, methods=["POST"]),
+        Route("/products", sandbox.with_faults("product", sandbox.list_records)),
+        Route("/collections", sandbox.with_faults("product", sandbox.list_records)),
+        Route("/products/{record_id:path}", sandbox.with_faults("product", sandbox.get_record)),
+        Route("/collections/{record_id:path}", sandbox.with_faults("product", sandbox.get_record)),
+        Route("/product-gateway/v1/catalog/batches/{batch_id}", sandbox.with_faults("gateway", sandbox.get_batch)),
+        Route(
+            "/product-gateway/v1/catalog/{entity_type}/batches",
+            sandbox.with_faults("gateway", sandbox.submit_batch),
+            methods=["POST"],
+        ),
         Route("/_admin/source/{kind}", sandbox.admin_source),
         Route("/_admin/source/{kind}/{action}", sandbox.admin_change, methods=["POST"]),
         Route("/_admin/gateway/{entity_type}", sandbox.admin_gateway),

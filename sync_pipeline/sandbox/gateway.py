@@ -44,7 +44,9 @@ class GatewayCatalogue:
         self.batches: dict[str, Batch] = {}
         self.keys: dict[str, str] = {}  # idempotency key -> batch id
         self.counter = itertools.count(1)
-        self.stats = {"batches": 0, "replays": 0, "itemsApplied": 0, "itemsRefused": 0}
+        # itemsAppliedTwice: an upsert of content the gateway already held, or a delete of what
+        # it did not hold; a sync that never sends a change twice keeps it at 0.
+        self.stats = {"batches": 0, "replays": 0, "itemsApplied": 0, "itemsRefused": 0, "itemsAppliedTwice": 0}
 
     def submit(self, entity_type: str, operation: str, items: list[Any], key: str) -> tuple[Batch, bool]:
         """Accept a batch; the same key again returns the first batch and applies nothing."""
@@ -67,7 +69,8 @@ class GatewayCatalogue:
         refused = self.refused.get(batch.entity_type, set())
         for item in batch.items:
             if batch.operation == "DELETE":
-                held.pop(str(item), None)
+                if held.pop(str(item), None) is None:
+                    self.stats["itemsAppliedTwice"] += 1
                 batch.success_count += 1
                 continue
             record_id = item.get("id") if isinstance(item, dict) else None
@@ -76,7 +79,10 @@ class GatewayCatalogue:
             elif record_id in refused:
                 batch.failed.append({"id": record_id, "reason": REFUSAL_REASON})
             else:
-                held[record_id] = orjson.dumps(item)
+                encoded = orjson.dumps(item)
+                if held.get(record_id) == encoded:
+                    self.stats["itemsAppliedTwice"] += 1
+                held[record_id] = encoded
                 batch.success_count += 1
         batch.fail_count = len(batch.failed)
         self.stats["itemsApplied"] += batch.success_count

@@ -73,31 +73,36 @@ class ProductServiceClient:
     def get_one(self, entity: EntityType, record_id: str) -> dict[str, Any] | None:
         """The record, or None when the product service answers 404 (it no longer exists)."""
         url = f"{self.base_url}/{entity.path}/{requests.utils.quote(record_id, safe='')}"
-        response = self._get(url, None)
-        if response.status_code == 404:
-            return None
-        self._raise_for_status(response, url)
-        return orjson.loads(response.content)
+        return self._get_json(url, None, None, missing_ok=True)
 
     def _get_json_page(self, url: str, params: dict[str, Any], cursor: str | None) -> Any:
-        # urllib3 retries statuses and dropped connections; a 200 whose body is cut off or is
-        # not JSON is retried here, and a body that stays bad fails the sync.
+        return self._get_json(url, params, cursor)
+
+    def _get_json(self, url: str, params: dict[str, Any] | None, cursor: str | None, missing_ok: bool = False) -> Any:
+        # urllib3 retries 429/5xx and refused connections; a 200 whose body is cut off (the
+        # connection dropped mid-response) or is not JSON is retried here. A body that stays
+        # bad fails the sync, naming the URL and cursor: nothing is built from it.
+        where = f"{url} (cursor {cursor})" if cursor else url
         for attempt in range(self.bad_body_retries + 1):
-            response = self._get(url, params)
+            if attempt:
+                time.sleep(self.backoff * (2 ** (attempt - 1)))
+            try:
+                response = self.session.get(url, params=params, timeout=self.timeout)
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as error:
+                problem = f"the response was cut off ({_root_cause(error)})"
+                log.warning("%s: %s, attempt %d", where, problem, attempt + 1)
+                continue
+            except requests.RequestException as error:
+                raise SourceError(f"{where}: product service unreachable ({_root_cause(error)})") from error
+            if missing_ok and response.status_code == 404:
+                return None
             self._raise_for_status(response, url)
             try:
                 return orjson.loads(response.content)
             except orjson.JSONDecodeError as error:
-                problem = error
-                log.warning("bad JSON from %s (cursor %s), attempt %d: %s", url, cursor, attempt + 1, error)
-                time.sleep(self.backoff * (2**attempt))
-        raise SourceError(f"{url} (cursor {cursor}): the page is not valid JSON ({problem})")
-
-    def _get(self, url: str, params: dict[str, Any] | None) -> requests.Response:
-        try:
-            return self.session.get(url, params=params, timeout=self.timeout)
-        except requests.RequestException as error:
-            raise SourceError(f"{url}: product service unreachable ({_root_cause(error)})") from error
+                problem = f"the body is not valid JSON ({error})"
+                log.warning("%s: %s, attempt %d", where, problem, attempt + 1)
+        raise SourceError(f"{where}: {problem}, {self.bad_body_retries + 1} times")
 
     @staticmethod
     def _raise_for_status(response: requests.Response, url: str) -> None:
