@@ -105,6 +105,7 @@ class Slow(Fault):
     name = "slow"
 
     def delay(self, side):
+        self.hit()
         return 0.2
 
 
