@@ -4,9 +4,12 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import orjson
 import pytest
 import requests
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, Window, format_time, utcnow
 from sync_pipeline.state import StateStore
@@ -220,3 +223,36 @@ def test_the_api_refuses_to_start_without_a_write_token(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "SYNC_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "sync_pipeline.cli", "api"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "SYNC_API_TOKEN" in done.stderr
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=8,
+)
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: orjson.dumps(v)),
+    st.fixed_dictionaries(
+        {}, optional={"start": json_values | st.text(max_size=40), "end": json_values | st.text(max_size=40),
+                      "syncTo": json_values | st.text(max_size=40)},
+    ).map(lambda v: orjson.dumps(v)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(["/sync/PRODUCT/latest", "/sync/COLLECTION/historic", "/sync/PRODUCT", "/sync/%00/latest"]),
+    method=st.sampled_from(["POST", "PUT", "GET"]),
+    body=bodies,
+    token=st.sampled_from(["Bearer write-token", "Bearer read-token", "Bearer x", "", "Basic a"]),
+)
+def test_no_request_can_crash_the_api_or_escape_the_envelope(api_server, path, method, body, token):
+    server, store = api_server
+    headers = {"Authorization": token} if token else {}
+    response = requests.request(method, server.url + path, data=body, headers=headers, timeout=10)
+    assert response.status_code in (200, 202, 400, 401, 403, 404, 405, 413, 429), response.text
+    if response.status_code >= 400:
+        assert_envelope(response, response.status_code)
+    for sync in store.active_syncs():  # keep the next example free to queue
+        store.finish_sync(sync.sync_id, SyncStatus.FAILED, error_message="test cleanup")

@@ -99,6 +99,9 @@ class BatchRecord:
 
 
 def create_state_engine(url: str) -> Engine:
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):  # SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is what ships
+            url = "postgresql+psycopg2://" + url[len(plain):]
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
