@@ -4,7 +4,6 @@ instance, and state stores on SQLite and on the PostgreSQL server at 127.0.0.1:5
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,13 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from sync_pipeline.sandbox.process import free_port  # noqa: F401  (tests import it from here)
+from sync_pipeline.sandbox.process import start_sandbox as start_sandbox_process
+from sync_pipeline.sandbox.process import stop as stop_process
 from sync_pipeline.settings import SANDBOX_GATEWAY_TOKEN, SANDBOX_PRODUCT_TOKEN
 from sync_pipeline.state import StateStore
 
 PG_ADMIN_URL = os.environ.get("SYNC_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -49,24 +45,8 @@ class Sandbox:
 
 
 def start_sandbox(*args: str) -> Sandbox:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sync_pipeline.cli", "sandbox", "--port", str(port), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sandbox exited: {process.stderr.read().decode()}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).ok:
-                return Sandbox(url, process)
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("sandbox did not start in 30s")
+    process, url = start_sandbox_process(*args, timeout=60)
+    return Sandbox(url, process)
 
 
 @dataclass
@@ -103,14 +83,6 @@ def start_api(state_url: str, dagster_home: Path, write: str = "write-token", re
     raise RuntimeError("API did not start in 60s")
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def dagster_home(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -118,11 +90,7 @@ def dagster_home(path: Path) -> Path:
 
 
 def stop_sandbox(sandbox: Sandbox) -> None:
-    sandbox.process.terminate()
-    try:
-        sandbox.process.wait(10)
-    except subprocess.TimeoutExpired:
-        sandbox.process.kill()
+    stop_process(sandbox.process)
 
 
 @pytest.fixture

@@ -225,6 +225,12 @@ class Catalogue:
         chosen = ids if ids is not None else self._pick(catalogue, count)
         micros = to_micros(now)
         updated = []
+        bulk = len(chosen) > 100  # many changes: re-sort the index once instead of per record
+        if bulk:
+            moving = set(chosen)
+            catalogue.keys = [key for key in catalogue.keys if key[1] not in moving]
+            for record_id in moving & catalogue.key_of.keys():
+                del catalogue.key_of[record_id]
         for record_id in chosen:
             raw = catalogue.get(record_id)
             if raw is None:
@@ -234,8 +240,10 @@ class Catalogue:
             record["title"] = f"{str(record.get('title') or 'Untitled').split(' v')[0]} v{version}"
             record.setdefault("meta", {}).setdefault("source", {})["version"] = version
             record["updatedAt"] = format_micros(micros)
-            catalogue.put(record_id, record, micros)
+            catalogue.put(record_id, record, micros, bulk=bulk)
             updated.append(record_id)
+        if bulk:
+            catalogue.sort_index()
         return updated
 
     def create(self, kind: str, *, count: int, now: datetime) -> list[str]:
