@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test dev bench venv clean browser
+.PHONY: run test dev bench bench-quick venv clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,19 @@ browser:
 dev: $(STAMP)  ## sandbox, Dagster webserver and daemon, on loopback
 	bash scripts/dev.sh
 
-bench: $(STAMP)  ## the benchmarks
-	$(BIN)/python -m bench.full_sync
+bench: $(STAMP) .venv-dlt/.installed  ## the benchmarks: 10k, 100k and 1M products, and the Sync API under load
+	$(BIN)/pip install --quiet matplotlib
+	$(BIN)/python -m bench.run --sizes 10000,100000,1000000
+
+bench-quick: $(STAMP) .venv-dlt/.installed  ## the same at 10k and 100k, with a 10 s API load
+	$(BIN)/pip install --quiet matplotlib
+	$(BIN)/python -m bench.run --sizes 10000,100000 --api-seconds 10
+
+# dlt, the peer in the benchmark, in an environment of its own so its pins never touch ours.
+.venv-dlt/.installed:
+	$(PYTHON) -m venv .venv-dlt
+	.venv-dlt/bin/pip install --quiet "dlt[duckdb]"
+	touch .venv-dlt/.installed
 
 clean:
 	rm -rf data/*.duckdb* data/state.db* data/sandbox-gateway.json storage history schedules logs test-artifacts

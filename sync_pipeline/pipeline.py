@@ -102,7 +102,7 @@ def fetch_and_stage(
     full: bool,
     deletion_share: float = 0.10,
     allow_deletions: bool = False,
-    chunk_rows: int = 20_000,
+    chunk_rows: int = 5_000,
     progress: Progress | None = None,
 ) -> StageResult:
     """Page the window into `fetched` in bulk chunks, dedupe and validate into `staged`.
@@ -214,12 +214,13 @@ def publish_changes(
                 staging.mark_published(accepted, sync_id)
                 totals["published"] += len(accepted)
             else:
-                staging.mark_deleted([item.id for item in accepted])
+                staging.mark_deleted([item.id for item in accepted], sync_id)
                 totals["deleted"] += len(accepted)
             totals["failed"] += len(items) - len(accepted)
         if progress and totals["batches"] % 20 == 0:
             progress(f"{totals['batches']} batches settled, {totals['published']} records published")
 
+    staging.fold_accepted()  # what a sync that died had got accepted
     deletions = [ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
@@ -243,4 +244,6 @@ def publish_changes(
             for future in pending:
                 future.cancel()
             raise
+        finally:
+            staging.fold_accepted()
     return PublishResult(seconds=time.monotonic() - started, **totals)

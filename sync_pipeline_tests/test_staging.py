@@ -29,6 +29,7 @@ def publish_all(staging: StagingStore, sync_id: str = "s1") -> list[str]:
     for chunk in staging.changed_since_publish(1000):
         staging.mark_published(chunk, sync_id)
         ids += [record.id for record in chunk]
+    staging.fold_accepted()
     return ids
 
 
@@ -81,6 +82,7 @@ def test_refused_records_stay_unpublished_and_go_again(staging):
     stage(staging, [product("a"), product("b")])
     chunk = next(staging.changed_since_publish(10))
     staging.mark_published([r for r in chunk if r.id == "a"], "s1")
+    staging.fold_accepted()
     assert [r.id for r in next(staging.changed_since_publish(10))] == ["b"]
 
 
@@ -99,5 +101,6 @@ def test_a_full_sync_finds_what_the_source_no_longer_lists(staging):
     assert staging.staged_count() == 2  # a, and c's last valid version
     staging.set_deletions(staging.deletion_candidates())
     staging.mark_deleted(["b"])
+    staging.fold_accepted()
     assert staging.published_count() == 2
     assert staging.pending_deletions() == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -13,6 +15,15 @@ from .resources import default_resources
 from .runs import ENTITY_TAG
 from .schedules import build_daily_schedule, build_freshness_schedule
 from .sensors import build_sync_requests_sensor, job_name
+
+
+# DuckDB may otherwise take 80 % of the machine's memory as cache; staging spills to disk instead,
+# so the sync's memory stays flat however large the catalogue.
+DUCKDB_CONFIG = {
+    "memory_limit": os.environ.get("SYNC_DUCKDB_MEMORY_LIMIT", "128MB"),
+    "threads": int(os.environ.get("SYNC_DUCKDB_THREADS", "2")),
+    "preserve_insertion_order": False,
+}
 
 
 def build_defs() -> dg.Definitions:
@@ -39,7 +50,10 @@ def build_defs() -> dg.Definitions:
     schedules.append(build_freshness_schedule(freshness_job))
     resources = {
         **default_resources(),
-        **{staging_key(entity): DuckDBResource(database=str(staging_path(entity))) for entity in EntityType},
+        **{
+            staging_key(entity): DuckDBResource(database=str(staging_path(entity)), connection_config=DUCKDB_CONFIG)
+            for entity in EntityType
+        },
     }
     return dg.Definitions(
         assets=assets,

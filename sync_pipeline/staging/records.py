@@ -56,7 +56,7 @@ class PageRows:
 
     seq: list[int] = field(default_factory=list)
     id: list[str | None] = field(default_factory=list)
-    updated_at: list[datetime | None] = field(default_factory=list)
+    updated_at: list[str | None] = field(default_factory=list)  # as sent, when it parses
     raw: list[str] = field(default_factory=list)
     reason: list[str | None] = field(default_factory=list)
 
@@ -77,10 +77,12 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
     rows = rows if rows is not None else PageRows()
     for offset, record in enumerate(records):
         reason = rejection_reason(entity, record)
-        record_id = record.get("id") if isinstance(record, dict) else None
+        is_object = isinstance(record, dict)
+        record_id = record.get("id") if is_object else None
         rows.seq.append(first_seq + offset)
         rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
-        rows.updated_at.append(parsed_updated_at(record.get("updatedAt")) if isinstance(record, dict) else None)
+        updated_at = record.get("updatedAt") if is_object else None
+        rows.updated_at.append(updated_at if isinstance(updated_at, str) and parsed_updated_at(updated_at) else None)
         rows.raw.append(canonical_json(record))
         rows.reason.append(reason)
     return rows

@@ -4,6 +4,8 @@ Tables:
   fetched    what the current sync listed, as loaded (one row per record seen, duplicates too)
   staged     the latest valid version of every live record known: the source's image
   published  what the gateway accepted: id and content hash, so only changes are sent
+  accepted   what the gateway accepted in the batches of the sync under way, appended per batch
+             and folded into `published` in one set operation (content_hash NULL: deleted)
   to_delete  records a full sync found gone from the source (confirmed by a 404), to delete
   rejected   every invalid record seen, with its raw JSON, the reason and the sync
 """
@@ -29,6 +31,9 @@ CREATE TABLE IF NOT EXISTS staged (
 CREATE TABLE IF NOT EXISTS published (
     id VARCHAR NOT NULL, content_hash VARCHAR NOT NULL, sync_id VARCHAR, published_at TIMESTAMPTZ
 );
+CREATE TABLE IF NOT EXISTS accepted (
+    id VARCHAR NOT NULL, content_hash VARCHAR, sync_id VARCHAR
+);
 CREATE TABLE IF NOT EXISTS to_delete (
     id VARCHAR NOT NULL, content_hash VARCHAR NOT NULL
 );
@@ -41,11 +46,12 @@ FETCHED_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
         ("id", pa.string()),
-        ("updated_at", pa.timestamp("us", tz="UTC")),
+        ("updated_at", pa.string()),  # as sent; DuckDB parses it in bulk (validity was checked in Python)
         ("raw", pa.string()),
         ("reason", pa.string()),
     ]
 )
+ACCEPTED_FLUSH_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class StagingStore:
     def __init__(self, connection: duckdb.DuckDBPyConnection):
         self.db = connection
         self.db.execute(SCHEMA)
+        self._accepted: tuple[list, list, list] = ([], [], [])
 
     def _scalar(self, sql: str, params: list | None = None):
         # fetchall, not fetchone: a result left unfinished blocks the connection's next call.
@@ -98,7 +105,9 @@ class StagingStore:
         )
         self.db.register("incoming_chunk", chunk)
         try:
-            self.db.execute("INSERT INTO fetched SELECT * FROM incoming_chunk")
+            self.db.execute(
+                "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason FROM incoming_chunk"
+            )
         finally:
             self.db.unregister("incoming_chunk")
 
@@ -110,40 +119,42 @@ class StagingStore:
         keeps its earlier valid version, so it is neither republished nor deleted.
         """
         db = self.db
+        fetched = self._scalar("SELECT count(*) FROM fetched")
         db.execute("BEGIN")
         try:
+            # Duplicates are rare (a record updated while the listing paged): rank only those ids
+            # and drop the older copies in place, so no step copies the catalogue's JSON.
             db.execute(
                 """
-                CREATE OR REPLACE TEMP TABLE latest AS
-                SELECT * FROM fetched
-                QUALIFY row_number() OVER (
-                    PARTITION BY coalesce(id, 'seq:' || seq::VARCHAR)
-                    ORDER BY updated_at DESC NULLS LAST, seq DESC
-                ) = 1
+                DELETE FROM fetched WHERE seq IN (
+                    SELECT seq FROM (
+                        SELECT seq, row_number() OVER (
+                            PARTITION BY id ORDER BY updated_at DESC NULLS LAST, seq DESC
+                        ) AS rank
+                        FROM fetched
+                        WHERE id IN (SELECT id FROM fetched WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1)
+                    ) WHERE rank > 1
+                )
                 """
             )
             db.execute(
-                "INSERT INTO rejected SELECT ?, id, raw, reason, now() FROM latest WHERE reason IS NOT NULL",
+                "INSERT INTO rejected SELECT ?, id, raw, reason, now() FROM fetched WHERE reason IS NOT NULL",
                 [sync_id],
             )
             if full:
-                db.execute("DELETE FROM staged WHERE id NOT IN (SELECT id FROM latest WHERE id IS NOT NULL AND reason IS NOT NULL)")
+                db.execute("DELETE FROM staged WHERE id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL AND reason IS NOT NULL)")
             else:
-                db.execute("DELETE FROM staged WHERE id IN (SELECT id FROM latest WHERE reason IS NULL)")
+                db.execute("DELETE FROM staged WHERE id IN (SELECT id FROM fetched WHERE reason IS NULL)")
             db.execute(
                 """
                 INSERT INTO staged
-                SELECT id, updated_at, raw, md5(raw), ? FROM latest WHERE reason IS NULL
+                SELECT id, updated_at, raw, md5(raw), ? FROM fetched WHERE reason IS NULL
                 """,
                 [sync_id],
             )
-            [(fetched, unique, valid)] = db.execute(
-                """
-                SELECT (SELECT count(*) FROM fetched), count(*), count(*) FILTER (WHERE reason IS NULL)
-                FROM latest
-                """
+            [(unique, valid)] = db.execute(
+                "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM fetched"
             ).fetchall()
-            db.execute("DROP TABLE latest")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -189,41 +200,63 @@ class StagingStore:
 
     # --- outcome -------------------------------------------------------------------------
     def mark_published(self, records: list[ChangedRecord], sync_id: str) -> None:
-        if not records:
+        """Note records the gateway accepted (cheap, append-only); `fold_accepted` applies them."""
+        self._append_accepted([r.id for r in records], [r.content_hash for r in records], sync_id)
+
+    def mark_deleted(self, ids: list[str], sync_id: str | None = None) -> None:
+        """Note records the gateway deleted; `fold_accepted` applies them."""
+        self._append_accepted(ids, [None] * len(ids), sync_id)
+
+    def _append_accepted(self, ids: list[str], hashes: list[str | None], sync_id: str | None) -> None:
+        # Buffered and written in large chunks. Losing the buffer in a crash loses nothing:
+        # the next sync sends those items again under the same keys, and the gateway replays.
+        buffered_ids, buffered_hashes, buffered_syncs = self._accepted
+        buffered_ids += ids
+        buffered_hashes += hashes
+        buffered_syncs += [sync_id] * len(ids)
+        if len(buffered_ids) >= ACCEPTED_FLUSH_ROWS:
+            self._flush_accepted()
+
+    def _flush_accepted(self) -> None:
+        ids, hashes, sync_ids = self._accepted
+        if not ids:
             return
         table = pa.table(
-            {"id": [r.id for r in records], "content_hash": [r.content_hash for r in records]}
+            {"id": pa.array(ids, pa.string()), "content_hash": pa.array(hashes, pa.string()),
+             "sync_id": pa.array(sync_ids, pa.string())}
         )
         self.db.register("accepted_chunk", table)
         try:
-            self.db.execute("BEGIN")
-            self.db.execute("DELETE FROM published WHERE id IN (SELECT id FROM accepted_chunk)")
-            self.db.execute(
-                "INSERT INTO published SELECT id, content_hash, ?, now() FROM accepted_chunk", [sync_id]
-            )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+            self.db.execute("INSERT INTO accepted SELECT id, content_hash, sync_id FROM accepted_chunk")
         finally:
             self.db.unregister("accepted_chunk")
+        self._accepted = ([], [], [])
 
-    def mark_deleted(self, ids: list[str]) -> None:
-        if not ids:
-            return
-        table = pa.table({"id": ids})
-        self.db.register("deleted_chunk", table)
+    def fold_accepted(self) -> None:
+        """Apply everything the gateway accepted to `published` (and deletions to the image), in
+        one transaction. Rows left by a sync that died are folded by the next one: the gateway
+        did apply them."""
+        self._flush_accepted()
+        db = self.db
+        db.execute("BEGIN")
         try:
-            self.db.execute("BEGIN")
-            self.db.execute("DELETE FROM published WHERE id IN (SELECT id FROM deleted_chunk)")
-            self.db.execute("DELETE FROM staged WHERE id IN (SELECT id FROM deleted_chunk)")
-            self.db.execute("DELETE FROM to_delete WHERE id IN (SELECT id FROM deleted_chunk)")
-            self.db.execute("COMMIT")
+            db.execute("DELETE FROM published WHERE id IN (SELECT id FROM accepted)")
+            db.execute(
+                """
+                INSERT INTO published
+                SELECT id, last(content_hash ORDER BY rowid), last(sync_id ORDER BY rowid), now()
+                FROM (SELECT rowid, * FROM accepted) GROUP BY id
+                HAVING last(content_hash ORDER BY rowid) IS NOT NULL
+                """
+            )
+            gone = "SELECT id FROM accepted WHERE content_hash IS NULL"
+            db.execute(f"DELETE FROM staged WHERE id IN ({gone})")
+            db.execute(f"DELETE FROM to_delete WHERE id IN ({gone})")
+            db.execute("DELETE FROM accepted")
+            db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        finally:
-            self.db.unregister("deleted_chunk")
 
     def unexplained_unpublished(self, refused_ids: list[str]) -> int:
         """Staged records the gateway never accepted and did not refuse: they were not sent."""

@@ -1,0 +1,264 @@
+"""make bench: the sync against the limit of moving the records, against dlt, in memory, and
+the Sync API under load. Writes bench/results/latest.json, latest.md and latest.png.
+
+    python -m bench.run [--sizes 10000,100000,1000000] [--api-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from sync_pipeline.sandbox.process import free_port, start_sandbox, stop
+from sync_pipeline.settings import SANDBOX_PRODUCT_TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DLT_PYTHON = ROOT / ".venv-dlt" / "bin" / "python"
+
+
+def bench_json(command: list[str], env: dict | None = None) -> dict:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[6:])
+    raise RuntimeError(f"{command[:4]} failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-3000:]}")
+
+
+class SyncEnv:
+    """A fresh data dir and Dagster instance pointed at one sandbox."""
+
+    def __init__(self, url: str):
+        self.tmp = Path(tempfile.mkdtemp(prefix="sync-bench-"))
+        home = self.tmp / "dagster"
+        home.mkdir()
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        self.env = {
+            **os.environ, "SYNC_DATA_DIR": str(self.tmp / "data"), "DAGSTER_HOME": str(home),
+            "PRODUCT_SERVICE_URL": url, "GATEWAY_URL": url,
+        }
+        self.env.pop("SYNC_STATE_URL", None)
+
+    def sync(self, *args: str) -> dict:
+        result = bench_json([sys.executable, "-m", "bench.measure_sync", "sync", "PRODUCT", *args], self.env)
+        if result["exit"] != 0:
+            raise RuntimeError(f"sync {args} exited {result['exit']}")
+        result.update(self.last_sync())
+        return result
+
+    def last_sync(self) -> dict:
+        code = (
+            "import json; from sync_pipeline.state import StateStore; from sync_pipeline.settings import state_url;"
+            "from sync_pipeline.domain import EntityType; import dagster as dg;"
+            "s = StateStore(state_url()).history(EntityType.PRODUCT, 1)[0];"
+            "i = dg.DagsterInstance.get();"
+            "m = i.get_latest_materialization_event(dg.AssetKey('products_staged')).asset_materialization.metadata;"
+            "print('BENCH ' + json.dumps({'published': s.published, 'fetched': s.fetched, 'status': s.status.text,"
+            " 'sync_seconds': (s.finished_at - s.started_at).total_seconds(),"
+            " 'fetch_and_stage_seconds': m['duration_seconds'].value}))"
+        )
+        return bench_json([sys.executable, "-c", code], self.env)
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def sandbox_ceiling(url: str) -> dict:
+    """How fast the sandbox serves the catalogue when the client does nothing with it."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {SANDBOX_PRODUCT_TOKEN}"
+    started, records, cursor = time.perf_counter(), 0, None
+    while True:
+        response = session.get(f"{url}/products", params={"limit": 1000, **({"cursor": cursor} if cursor else {})})
+        body = response.content
+        records += body.count(b'"updatedAt"')
+        tail = body[body.rfind(b'"nextCursor":') + 13:]
+        cursor = None if tail.startswith(b"null") else tail.split(b'"')[1].decode()
+        if cursor is None:
+            break
+    seconds = time.perf_counter() - started
+    return {"records": records, "seconds": round(seconds, 3), "records_per_second": round(records / seconds)}
+
+
+def measure_size(n: int, dlt_max: int) -> dict:
+    print(f"== {n:,} products", flush=True)
+    sandbox, url = start_sandbox("--products", str(n), "--collections", "10", timeout=1800)
+    row: dict = {"products": n}
+    try:
+        row["sandbox_ceiling"] = sandbox_ceiling(url)
+        row["baseline_fetch"] = bench_json([sys.executable, "-m", "bench.baseline", "fetch", url])
+        row["baseline_fetch_post"] = bench_json([sys.executable, "-m", "bench.baseline", "post", url])
+        if DLT_PYTHON.exists() and n <= dlt_max:
+            row["dlt_fetch_stage"] = bench_json([str(DLT_PYTHON), str(ROOT / "bench" / "dlt_peer.py"), url, SANDBOX_PRODUCT_TOKEN])
+        env = SyncEnv(url)
+        try:
+            row["full_first_sync"] = env.sync("--mode", "full")
+            row["full_resync_unchanged"] = env.sync("--mode", "full")
+            changed = max(1, n // 100)
+            requests.post(f"{url}/_admin/source/products/update", json={"count": changed}, timeout=600).raise_for_status()
+            row["latest_after_1pct"] = env.sync()
+            row["latest_after_1pct"]["changed"] = changed
+        finally:
+            env.close()
+    finally:
+        stop(sandbox)
+    print(json.dumps(row, indent=1), flush=True)
+    return row
+
+
+def api_under_load(n: int, seconds: float, rate: int = 200) -> dict:
+    """GET /sync/PRODUCT at `rate` per second for `seconds`, while syncs run back to back."""
+    sandbox, url = start_sandbox("--products", str(n), "--collections", "10", timeout=600)
+    env = SyncEnv(url)
+    env.sync("--mode", "full")  # so GET /sync has something to say
+    port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "sync_pipeline.cli", "api", "--port", str(port)],
+        env={**env.env, "SYNC_API_TOKEN": "bench"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/product-gateway/v1"
+    for _ in range(100):
+        try:
+            requests.get(f"{base}/healthz", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    stop_syncs = threading.Event()
+    syncs_run = [0]
+
+    def keep_syncing() -> None:
+        while not stop_syncs.is_set():
+            env.sync("--mode", "full")
+            syncs_run[0] += 1
+
+    syncer = threading.Thread(target=keep_syncing)
+    syncer.start()
+    time.sleep(2)
+    latencies, errors = [], [0]
+    local = threading.local()
+    total = int(seconds * rate)
+    started = time.perf_counter()
+
+    def one(i: int) -> None:
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        t = time.perf_counter()
+        response = session.get(f"{base}/sync/PRODUCT", headers={"Authorization": "Bearer bench"}, timeout=10)
+        latencies.append(time.perf_counter() - t)
+        if response.status_code != 200:
+            errors[0] += 1
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, range(total)))
+    elapsed = time.perf_counter() - started
+    stop_syncs.set()
+    syncer.join()
+    stop(api)
+    stop(sandbox)
+    env.close()
+    latencies.sort()
+    return {
+        "products": n, "requests": total, "seconds": round(elapsed, 1), "achieved_rps": round(total / elapsed),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2), "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        "errors": errors[0], "syncs_during_load": syncs_run[0],
+    }
+
+
+def markdown(rows: list[dict], api: dict | None) -> str:
+    lines = [
+        "| products | limit: fetch s | limit: fetch+post s | full sync s (× limit) | fetch+stage s | dlt fetch+stage s (dlt ÷ ours) | re-sync unchanged s (× fetch) | latest after 1 % s (% of full) | peak RSS full / re-sync / latest MiB | dlt peak MiB | sandbox ceiling rec/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        full, resync, latest = r["full_first_sync"], r["full_resync_unchanged"], r["latest_after_1pct"]
+        fetch, limit = r["baseline_fetch"]["seconds"], r["baseline_fetch_post"]["seconds"]
+        dlt = r.get("dlt_fetch_stage")
+        dlt_cells = (f"{dlt['seconds']:.1f} ({dlt['seconds'] / full['fetch_and_stage_seconds']:.1f}×)", f"{dlt['peak_rss_mib']:.0f}") if dlt else ("-", "-")
+        lines.append(
+            f"| {r['products']:,} | {fetch:.1f} | {limit:.1f} | {full['seconds']:.1f} ({full['seconds'] / limit:.2f}×) "
+            f"| {full['fetch_and_stage_seconds']:.1f} | {dlt_cells[0]} | {resync['seconds']:.1f} ({resync['seconds'] / fetch:.2f}×, published {resync['published']}) "
+            f"| {latest['seconds']:.1f} ({100 * latest['seconds'] / full['seconds']:.0f} %) "
+            f"| {full['peak_rss_mib']:.0f} / {resync['peak_rss_mib']:.0f} / {latest['peak_rss_mib']:.0f} | {dlt_cells[1]} "
+            f"| {r['sandbox_ceiling']['records_per_second']:,} |"
+        )
+    lines.append("")
+    lines.append("Sync times are whole `sync-pipeline sync PRODUCT` processes (Python and Dagster start-up, the run, "
+                 "its records in the instance); the limit is the same HTTP stack moving the same records with nothing else.")
+    if api:
+        lines.append("")
+        lines.append(
+            f"Sync API under load: `GET /sync/PRODUCT` at {api['achieved_rps']} req/s for {api['seconds']} s while "
+            f"{api['syncs_during_load']} full syncs of {api['products']:,} products ran: p50 {api['p50_ms']} ms, "
+            f"p99 {api['p99_ms']} ms, {api['errors']} errors."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
+    sizes = [r["products"] for r in rows]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    series = {
+        "limit (fetch+post)": [r["products"] / r["baseline_fetch_post"]["seconds"] for r in rows],
+        "full sync": [r["products"] / r["full_first_sync"]["seconds"] for r in rows],
+        "our fetch+stage": [r["products"] / r["full_first_sync"]["fetch_and_stage_seconds"] for r in rows],
+    }
+    with_dlt = [r for r in rows if "dlt_fetch_stage" in r]
+    if with_dlt:
+        speed.plot([r["products"] for r in with_dlt], [r["products"] / r["dlt_fetch_stage"]["seconds"] for r in with_dlt],
+                   marker="o", label="dlt fetch+stage")
+    for label, values in series.items():
+        speed.plot(sizes, values, marker="o", label=label)
+    speed.set(xscale="log", xlabel="products", ylabel="records / second", title="Throughput")
+    speed.legend()
+    for key, label in (("full_first_sync", "full sync"), ("full_resync_unchanged", "re-sync"), ("latest_after_1pct", "latest 1 %")):
+        memory.plot(sizes, [r[key]["peak_rss_mib"] for r in rows], marker="o", label=label)
+    if with_dlt:
+        memory.plot([r["products"] for r in with_dlt], [r["dlt_fetch_stage"]["peak_rss_mib"] for r in with_dlt], marker="o", label="dlt")
+    memory.set(xscale="log", xlabel="products", ylabel="peak RSS (MiB)", title="Peak memory of the sync process")
+    memory.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--api-seconds", type=float, default=30)
+    parser.add_argument("--api-products", type=int, default=100_000)
+    parser.add_argument("--dlt-max", type=int, default=100_000,
+                        help="largest catalogue to run dlt on (it took 4.7 GB at 100k here)")
+    args = parser.parse_args()
+    rows = [measure_size(int(n), args.dlt_max) for n in args.sizes.split(",")]
+    api = api_under_load(args.api_products, args.api_seconds) if args.api_seconds > 0 else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps({"sizes": rows, "api_under_load": api}, indent=2) + "\n")
+    table = markdown(rows, api)
+    (RESULTS / "latest.md").write_text(table)
+    plot(rows, RESULTS / "latest.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
