@@ -13,13 +13,16 @@ export SYNC_API_READ_TOKEN="${SYNC_API_READ_TOKEN:-dev-read-token}"
 export PRODUCT_SERVICE_URL="${PRODUCT_SERVICE_URL:-http://127.0.0.1:$SANDBOX_PORT}"
 export GATEWAY_URL="${GATEWAY_URL:-http://127.0.0.1:$SANDBOX_PORT}"
 
+# Each service in its own process group, so stopping one stops all it started (dagster dev
+# runs a webserver, a daemon and a code server).
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-$BIN/sync-pipeline sandbox --port "$SANDBOX_PORT" --state-file "$SYNC_DATA_DIR/sandbox-gateway.json" &
+stop_all() { for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done; wait; }
+trap stop_all EXIT INT TERM
+setsid $BIN/sync-pipeline sandbox --port "$SANDBOX_PORT" --state-file "$SYNC_DATA_DIR/sandbox-gateway.json" &
 pids+=($!)
-$BIN/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
+setsid $BIN/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
 pids+=($!)
-$BIN/sync-pipeline api --port "$API_PORT" &
+setsid $BIN/sync-pipeline api --port "$API_PORT" &
 pids+=($!)
 cat <<MSG
 
