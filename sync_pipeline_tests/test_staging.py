@@ -104,3 +104,14 @@ def test_a_full_sync_finds_what_the_source_no_longer_lists(staging):
     staging.fold_accepted()
     assert staging.published_count() == 2
     assert staging.pending_deletions() == []
+
+
+def test_changes_come_in_id_order_across_slices(staging, monkeypatch):
+    import sync_pipeline.staging.store as store
+
+    monkeypatch.setattr(store, "SLICE_ROWS", 7)
+    records = [product(f"p{i:03d}") for i in range(50)]
+    stage(staging, list(reversed(records)))
+    chunks = list(staging.changed_since_publish(8))
+    assert [len(c) for c in chunks] == [8, 8, 8, 8, 8, 8, 2]
+    assert [r.id for c in chunks for r in c] == [r["id"] for r in records]

@@ -52,6 +52,7 @@ FETCHED_SCHEMA = pa.schema(
     ]
 )
 ACCEPTED_FLUSH_ROWS = 20_000
+SLICE_ROWS = 50_000  # changed records sorted at a time before publishing
 
 
 @dataclass(frozen=True)
@@ -166,14 +167,42 @@ class StagingStore:
         return self._scalar(f"SELECT count(*) {_CHANGED_FROM}")
 
     def changed_since_publish(self, chunk_size: int) -> Iterator[list[ChangedRecord]]:
-        """Staged records whose content differs from what the gateway accepted, in id order."""
+        """Staged records whose content differs from what the gateway accepted, in id order.
+
+        The order makes batches the same after a crash (same content, same idempotency key).
+        Sorting the whole catalogue's JSON at once would not fit DuckDB's memory limit, so the
+        changed ids are cut into slices by quantile (a narrow pass), and each slice is sorted and
+        streamed in turn: the same order, a fraction of the memory.
+        """
+        changed = self.count_changed()
+        slices = max(1, -(-changed // SLICE_ROWS))
+        bounds: list[str] = []
+        if slices > 1:
+            cuts = [i / slices for i in range(1, slices)]
+            [(bounds,)] = self.db.execute(f"SELECT quantile_disc(s.id, {cuts}) {_CHANGED_FROM}").fetchall()
+            bounds = sorted(set(bounds))
+        edges = [None, *bounds, None]
         cursor = self.db.cursor()
-        cursor.execute(f"SELECT s.id, s.raw, s.content_hash, p.content_hash {_CHANGED_FROM} ORDER BY s.id")
-        while True:
-            rows = cursor.fetchmany(chunk_size)
-            if not rows:
-                return
-            yield [ChangedRecord(*row) for row in rows]
+        chunk: list[ChangedRecord] = []
+        try:
+            for low, high in zip(edges, edges[1:]):
+                where, params = "", []
+                if low is not None:
+                    where, params = where + " AND s.id >= ?", params + [low]
+                if high is not None:
+                    where, params = where + " AND s.id < ?", params + [high]
+                cursor.execute(
+                    f"SELECT s.id, s.raw, s.content_hash, p.content_hash {_CHANGED_FROM} {where} ORDER BY s.id", params
+                )
+                while rows := cursor.fetchmany(chunk_size - len(chunk)):
+                    chunk += [ChangedRecord(*row) for row in rows]
+                    if len(chunk) == chunk_size:
+                        yield chunk
+                        chunk = []
+            if chunk:
+                yield chunk
+        finally:
+            cursor.close()
 
     def deletion_candidates(self) -> list[tuple[str, str]]:
         """(id, hash) of records the gateway holds that the last full listing did not list."""
