@@ -247,16 +247,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--api-seconds", type=float, default=30)
     parser.add_argument("--api-products", type=int, default=100_000)
+    parser.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
     parser.add_argument("--dlt-max", type=int, default=100_000,
                         help="largest catalogue to run dlt on (it took 4.7 GB at 100k here)")
     args = parser.parse_args()
     rows = [measure_size(int(n), args.dlt_max) for n in args.sizes.split(",")]
     api = api_under_load(args.api_products, args.api_seconds) if args.api_seconds > 0 else None
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"sizes": rows, "api_under_load": api}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"sizes": rows, "api_under_load": api}, indent=2) + "\n")
     table = markdown(rows, api)
-    (RESULTS / "latest.md").write_text(table)
-    plot(rows, RESULTS / "latest.png")
+    (RESULTS / f"{args.name}.md").write_text(table)
+    plot(rows, RESULTS / f"{args.name}.png")
     print(table)
 
 
