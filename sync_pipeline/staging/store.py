@@ -1,7 +1,8 @@
 """The DuckDB staging file of one entity type.
 
 Tables:
-  fetched    what the current sync listed, as loaded (one row per record seen, duplicates too)
+  fetched    what the current sync listed, as loaded (one row per record seen, duplicates too);
+             a temporary table: it needs no durability, so it costs no write-ahead log or checkpoint
   staged     the latest valid version of every live record known: the source's image
   published  what the gateway accepted: id and content hash, so only changes are sent
   accepted   what the gateway accepted in the batches of the sync under way, appended per batch
@@ -21,8 +22,9 @@ import pyarrow as pa
 from .records import PageRows
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS fetched (
-    seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR
+DROP TABLE IF EXISTS main.fetched;
+CREATE TEMP TABLE IF NOT EXISTS fetched (
+    seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR, content_hash VARCHAR
 );
 CREATE TABLE IF NOT EXISTS staged (
     id VARCHAR NOT NULL, updated_at TIMESTAMPTZ, raw VARCHAR NOT NULL,
@@ -107,7 +109,8 @@ class StagingStore:
         self.db.register("incoming_chunk", chunk)
         try:
             self.db.execute(
-                "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason FROM incoming_chunk"
+                "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason, md5(raw)"
+                " FROM incoming_chunk"
             )
         finally:
             self.db.unregister("incoming_chunk")
@@ -142,14 +145,22 @@ class StagingStore:
                 "INSERT INTO rejected SELECT ?, id, raw, reason, now() FROM fetched WHERE reason IS NOT NULL",
                 [sync_id],
             )
-            if full:
-                db.execute("DELETE FROM staged WHERE id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL AND reason IS NOT NULL)")
-            else:
-                db.execute("DELETE FROM staged WHERE id IN (SELECT id FROM fetched WHERE reason IS NULL)")
+            # Only what changed is written: an unchanged catalogue rewrites nothing.
+            db.execute(
+                """
+                DELETE FROM staged WHERE id IN (
+                    SELECT f.id FROM fetched f JOIN staged s USING (id)
+                    WHERE f.reason IS NULL AND f.content_hash <> s.content_hash
+                )
+                """
+            )
+            if full:  # gone from the listing: no longer part of the source's image
+                db.execute("DELETE FROM staged WHERE id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)")
             db.execute(
                 """
                 INSERT INTO staged
-                SELECT id, updated_at, raw, md5(raw), ? FROM fetched WHERE reason IS NULL
+                SELECT f.id, f.updated_at, f.raw, f.content_hash, ? FROM fetched f
+                WHERE f.reason IS NULL AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.id = f.id)
                 """,
                 [sync_id],
             )
