@@ -13,17 +13,20 @@ export SYNC_API_READ_TOKEN="${SYNC_API_READ_TOKEN:-dev-read-token}"
 export PRODUCT_SERVICE_URL="${PRODUCT_SERVICE_URL:-http://127.0.0.1:$SANDBOX_PORT}"
 export GATEWAY_URL="${GATEWAY_URL:-http://127.0.0.1:$SANDBOX_PORT}"
 
-# Each service in its own process group, so stopping one stops all it started (dagster dev
-# runs a webserver, a daemon and a code server).
-pids=()
-stop_all() { for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done; wait; }
+# On any exit, stop every service and what it started (dagster dev runs a webserver, a daemon
+# and a code server): ask first, then make sure.
+kill_tree() { local child; for child in $(pgrep -P "$1"); do kill_tree "$child"; done; kill -KILL "$1" 2>/dev/null; }
+stop_all() {
+  trap - EXIT INT TERM
+  local pid
+  for pid in $(jobs -p); do kill -TERM "$pid" 2>/dev/null; done
+  sleep 2
+  for pid in $(jobs -p); do kill_tree "$pid"; done
+}
 trap stop_all EXIT INT TERM
-setsid $BIN/sync-pipeline sandbox --port "$SANDBOX_PORT" --state-file "$SYNC_DATA_DIR/sandbox-gateway.json" &
-pids+=($!)
-setsid $BIN/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
-pids+=($!)
-setsid $BIN/sync-pipeline api --port "$API_PORT" &
-pids+=($!)
+$BIN/sync-pipeline sandbox --port "$SANDBOX_PORT" --state-file "$SYNC_DATA_DIR/sandbox-gateway.json" &
+$BIN/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT" &
+$BIN/sync-pipeline api --port "$API_PORT" &
 cat <<MSG
 
   sandbox (product service + gateway)  http://127.0.0.1:$SANDBOX_PORT
