@@ -24,7 +24,6 @@ from .gateway import ENTITY_TYPES, GatewayCatalogue
 log = logging.getLogger(__name__)
 
 KINDS = ("products", "collections")
-KIND_OF_ENTITY = {"PRODUCT": "products", "COLLECTION": "collections"}
 PROBLEM_BASE = "http://bento-gousto.com/api-docs/"
 MAX_BATCH_ITEMS = 1000
 

@@ -59,7 +59,7 @@ class ProductServiceClient:
         while True:
             if cursor is not None:
                 params["cursor"] = cursor
-            body = self._get_json_page(url, params, cursor)
+            body = self._get_json(url, params, cursor)
             data = body.get("data") if isinstance(body, dict) else None
             meta = body.get("meta") if isinstance(body, dict) else None
             if not isinstance(data, list) or not isinstance(meta, dict):
@@ -74,9 +74,6 @@ class ProductServiceClient:
         """The record, or None when the product service answers 404 (it no longer exists)."""
         url = f"{self.base_url}/{entity.path}/{requests.utils.quote(record_id, safe='')}"
         return self._get_json(url, None, None, missing_ok=True)
-
-    def _get_json_page(self, url: str, params: dict[str, Any], cursor: str | None) -> Any:
-        return self._get_json(url, params, cursor)
 
     def _get_json(self, url: str, params: dict[str, Any] | None, cursor: str | None, missing_ok: bool = False) -> Any:
         # urllib3 retries 429/5xx and refused connections; a 200 whose body is cut off (the

@@ -82,7 +82,9 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
         rows.seq.append(first_seq + offset)
         rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
         updated_at = record.get("updatedAt") if is_object else None
-        rows.updated_at.append(updated_at if isinstance(updated_at, str) and parsed_updated_at(updated_at) else None)
+        if reason is not None and parsed_updated_at(updated_at) is None:
+            updated_at = None  # a valid record's updatedAt was parsed by the validation already
+        rows.updated_at.append(updated_at)
         rows.raw.append(canonical_json(record))
         rows.reason.append(reason)
     return rows
