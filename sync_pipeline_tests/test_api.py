@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, Window, format_time, utcnow
+from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, format_time, utcnow
 from sync_pipeline.state import StateStore
 from sync_pipeline.state.schema import batches, syncs
 
