@@ -194,9 +194,10 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
                     client, staging, state, entity, sync.sync_id, workers=gateway.workers, progress=context.log.info
                 )
                 batches = state.batches_for_sync(sync.sync_id)
+                num_records = staging.published_count()
                 refused = [str(item.get("id")) for b in batches if b.bulk_operation_type == "UPSERT" for item in b.failed_products]
                 matches = checks.gateway_matches_result(
-                    held=staging.published_count(),
+                    held=num_records,
                     staged=staging.staged_count(),
                     refused=len(refused),
                     unexplained=staging.unexplained_unpublished(refused),
@@ -204,7 +205,6 @@ def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
                     reported=sum(b.success_count for b in batches if b.batch_status == "COMPLETED"),
                     marked=result.published + result.deleted,
                 )
-                num_records = staging.published_count()
         except Exception as error:
             raise _fail(state, sync.sync_id, error) from error
         finally:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from ..domain import ACTIVE_STATUSES, SUCCESS_STATUSES
+
 metadata = sa.MetaData()
 
-ACTIVE_CODES = (1000, 1100)
+# The codes a sync has while it holds its entity type's lease, and once it has succeeded.
+ACTIVE_CODES = tuple(sorted(status.code for status in ACTIVE_STATUSES))
+SUCCESS_CODES = tuple(sorted(status.code for status in SUCCESS_STATUSES))
 
 syncs = sa.Table(
     "syncs",

@@ -17,10 +17,8 @@ from sqlalchemy.engine import Engine
 from ..domain import EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
 from ..errors import EntityBusy
 from . import schema
-from .schema import batches, syncs
+from .schema import ACTIVE_CODES, SUCCESS_CODES, batches, syncs
 
-SUCCESS_CODES = (SyncStatus.SUCCESS.code, SyncStatus.PARTIAL_SUCCESS.code)
-ACTIVE_CODES = (SyncStatus.QUEUED.code, SyncStatus.IN_PROGRESS.code)
 
 
 def _utc(value: datetime | None) -> datetime | None:
