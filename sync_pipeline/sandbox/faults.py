@@ -3,6 +3,11 @@
 A fault is named `NAME` (both sides) or `NAME:product` / `NAME:gateway` (one side). It can answer
 a request in place of the real handler, cut a response off mid-body, fail whole batches, or
 slow things down. Counters, not randomness, decide which requests are hit.
+
+Each merchant has a fault of its own, with its own counters, so one merchant's traffic never
+shifts what another sees: its product service's requests go through it, and so do gateway
+requests carrying its gateway token (requests with no known token go through the default
+merchant's). Batch numbers (`batch_fails`) count that merchant's batches.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ class CutOffResponse(Response):
         })
         await send({"type": "http.response.body", "body": self.body, "more_body": True})
         raise ConnectionAbortedError("sandbox fault: connection dropped mid-response")
+
+
+def is_listing(request: Request) -> bool:
+    """A product list page, rather than one record, under any merchant's prefix."""
+    return "record_id" not in request.path_params
 
 
 def problem(status: int, title: str, headers: dict | None = None) -> Response:
@@ -117,7 +127,7 @@ class Garbage(Fault):
     every = 4
 
     def after(self, side, request, response):
-        if side != "product" or "/" in request.url.path.strip("/"):
+        if side != "product" or not is_listing(request):
             return response
         n = self.counts[side]
         if n % self.every == self.every - 1:
@@ -134,7 +144,7 @@ class GarbageAlways(Garbage):
     name = "garbage-always"
 
     def after(self, side, request, response):
-        if side != "product" or "/" in request.url.path.strip("/") or not request.query_params.get("cursor"):
+        if side != "product" or not is_listing(request) or not request.query_params.get("cursor"):
             return response
         self.hit()
         return Response(b'{"data": [{"id": "p1", "tit', status_code=200, media_type="application/json")
