@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export SYNC_DATA_DIR="${SYNC_DATA_DIR:-data}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD}"
+export SYNC_MAX_CONCURRENT_SYNCS="${SYNC_MAX_CONCURRENT_SYNCS:-4}"
 port=$($BIN/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PRODUCT_SERVICE_URL="http://127.0.0.1:$port" GATEWAY_URL="http://127.0.0.1:$port"
 

@@ -1,4 +1,4 @@
-"""The `sync-pipeline` command: sync, sandbox, status (CONTRACT §5)."""
+"""The `sync-pipeline` command: sync, status, merchants, api, sandbox (CONTRACT §5, §6)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import sys
 from datetime import datetime
 
-from .domain import EntityType, SyncMode, SyncStatus, format_time, parse_time, resolve_window, utcnow
+from .domain import (
+    DEFAULT_MERCHANT, EntityType, SyncMode, SyncStatus, check_merchant_id, format_time, parse_time, resolve_window, utcnow,
+)
 from .errors import EntityBusy
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS, EXIT_BUSY = 0, 1, 2, 3
@@ -34,6 +36,13 @@ def _entities(text: str) -> list[EntityType]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _merchant(text: str) -> str:
+    try:
+        return check_merchant_id(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="sync-pipeline", description="Catalogue sync: product service -> gateway.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
@@ -45,6 +54,7 @@ def build_parser() -> ArgumentParser:
     sync.add_argument("--start", type=_time, help="historic: records updated from this time (inclusive)")
     sync.add_argument("--end", type=_time, help="historic: up to this time (exclusive)")
     sync.add_argument("--allow-deletions", action="store_true", help="full: delete even above the safety share")
+    sync.add_argument("--merchant", type=_merchant, default=DEFAULT_MERCHANT, help="whose catalogue (default: default)")
 
     sandbox = commands.add_parser("sandbox", help="serve the sandbox product service and gateway")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -54,6 +64,9 @@ def build_parser() -> ArgumentParser:
     sandbox.add_argument("--seed", type=int, default=42)
     sandbox.add_argument("--faults", default="none")
     sandbox.add_argument("--state-file", help="keep the gateway's holdings in this file across restarts")
+    sandbox.add_argument("--merchants", type=int, default=0, help="merchants besides default: m0001... under /m/{id}")
+    sandbox.add_argument("--merchant-products", type=int, default=2000)
+    sandbox.add_argument("--merchant-collections", type=int, default=50)
 
     api = commands.add_parser("api", help="serve the Sync API (needs SYNC_API_TOKEN)")
     api.add_argument("--host", default="127.0.0.1")
@@ -63,6 +76,15 @@ def build_parser() -> ArgumentParser:
     status = commands.add_parser("status", help="print sync status and recent history")
     status.add_argument("entity", nargs="?", type=_entities, default=list(EntityType), metavar="ENTITY")
     status.add_argument("--limit", type=int, default=10)
+    status.add_argument("--merchant", type=_merchant, default=DEFAULT_MERCHANT)
+
+    merchants = commands.add_parser("merchants", help="the merchant registry: add, list, enable, disable")
+    actions = merchants.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    add = actions.add_parser("add", help="add a merchant, or update one, from a JSON object")
+    add.add_argument("--file", required=True, help="a JSON file, or - for standard input")
+    actions.add_parser("list", help="one line per merchant, no secret")
+    for action in ("enable", "disable"):
+        actions.add_parser(action, help=f"{action} a merchant").add_argument("merchant_id", type=_merchant, metavar="ID")
     return parser
 
 
@@ -74,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sandbox(args)
     if args.command == "api":
         return _api(args)
+    if args.command == "merchants":
+        return _merchants(args)
     return _status(args)
 
 
@@ -102,23 +126,33 @@ def _sync(args) -> int:
     from dagster import DagsterInstance
 
     from .defs import build_defs
+    from .defs.partitions import ensure_merchant_partitions
     from .defs.runs import close_abandoned, run_tags_for
     from .defs.sensors import job_name
+    from .merchants import MerchantRegistry
     from .settings import state_url
-    from .state import StateStore
+    from .state import open_state_store
 
+    state = open_state_store(state_url())
+    merchant = args.merchant
+    known = MerchantRegistry(state).get(merchant)
+    if known is None:
+        bad(f"no merchant {merchant!r}: add it with `sync-pipeline merchants add`")
+    if not known.enabled:
+        bad(f"merchant {merchant} is disabled: enable it with `sync-pipeline merchants enable {merchant}`")
     defs = build_defs()
-    state = StateStore(state_url())
     mode = SyncMode(args.mode)
     worst = EXIT_OK
+    whose = "" if merchant == DEFAULT_MERCHANT else f" of merchant {merchant}"
     with DagsterInstance.get() as instance:
+        ensure_merchant_partitions(instance, [merchant])
         for entity in args.entity:
-            for abandoned in close_abandoned(state, instance, entity):
+            for abandoned in close_abandoned(state, instance, entity, merchant):
                 print(f"{entity.value}: closed sync {abandoned.sync_id} as 4900 Abandoned: {abandoned.error_message}")
             try:
                 sync = state.enqueue_sync(
-                    entity, mode, origin="cli", sync_to=args.sync_to, start=args.start, end=args.end,
-                    allow_deletions=args.allow_deletions,
+                    entity, mode, origin="cli", merchant=merchant, sync_to=args.sync_to, start=args.start,
+                    end=args.end, allow_deletions=args.allow_deletions,
                 )
             except EntityBusy as busy:
                 print(f"sync-pipeline: {busy}", file=sys.stderr)
@@ -128,9 +162,10 @@ def _sync(args) -> int:
                 print(f"sync-pipeline: error: {error}", file=sys.stderr)
                 worst = max(worst, EXIT_BAD_ARGS)
                 continue
-            print(f"{entity.value}: sync {sync.sync_id} ({mode.value}) started")
+            print(f"{entity.value}: sync {sync.sync_id} ({mode.value}){whose} started")
             result = defs.resolve_job_def(job_name(entity)).execute_in_process(
                 instance=instance,
+                partition_key=merchant,
                 tags=run_tags_for(sync),
                 run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                 raise_on_error=False,
@@ -142,7 +177,6 @@ def _sync(args) -> int:
             print(_summary(final))
             if not final.status.is_success:
                 worst = max(worst, EXIT_FAILED)
-    state.dispose()
     return worst
 
 
@@ -172,7 +206,8 @@ def _sandbox(args) -> int:
         return EXIT_BAD_ARGS
     config = SandboxConfig(
         products=args.products, collections=args.collections, seed=args.seed, faults=args.faults,
-        state_file=args.state_file,
+        state_file=args.state_file, merchants=args.merchants, merchant_products=args.merchant_products,
+        merchant_collections=args.merchant_collections,
     )
     print(f"sandbox: product service and gateway on http://{args.host}:{args.port}", flush=True)
     serve(config, host=args.host, port=args.port)
@@ -194,20 +229,70 @@ def _api(args) -> int:
     return EXIT_OK
 
 
+def _merchants(args) -> int:
+    import orjson
+
+    from .crypto import SecretKeyError
+    from .merchants import InvalidMerchant, MerchantRegistry, UnknownMerchant, parse_spec
+    from .settings import state_url
+    from .state import open_state_store
+
+    registry = MerchantRegistry(open_state_store(state_url()))
+    if args.action == "list":
+        print(f"{'merchant':40}  {'enabled':7}  {'hour':>4}  product service")
+        for merchant in registry.list():
+            print(
+                f"{merchant.merchant_id:40}  {'yes' if merchant.enabled else 'no':7}  {merchant.sync_hour_utc:>4}"
+                f"  {merchant.product_service_url or '-'}"
+            )
+        return EXIT_OK
+    try:
+        if args.action == "add":
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError as error:
+                raise InvalidMerchant(f"not valid JSON: {error}") from None
+            spec = parse_spec(data)
+            created = registry.put(spec)
+            _add_merchant_partition(spec.merchantId)
+            print(f"merchant {spec.merchantId} {'added' if created else 'updated'}")
+        else:
+            registry.set_enabled(args.merchant_id, args.action == "enable")
+            print(f"merchant {args.merchant_id} {args.action}d")
+    except (InvalidMerchant, UnknownMerchant, SecretKeyError, OSError) as error:
+        message = error.args[0] if isinstance(error, UnknownMerchant) else str(error)
+        print(f"sync-pipeline: error: {message}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    return EXIT_OK
+
+
+def _add_merchant_partition(merchant_id: str) -> None:
+    """Show the merchant in the Dagster UI at once (the merchant_partitions sensor would too)."""
+    _default_dagster_home()
+    from dagster import DagsterInstance
+
+    from .defs.partitions import ensure_merchant_partitions
+
+    with DagsterInstance.get() as instance:
+        ensure_merchant_partitions(instance, [merchant_id])
+
+
 def _status(args) -> int:
     from .settings import state_url
-    from .state import StateStore
+    from .state import open_state_store
 
-    state = StateStore(state_url())
+    state = open_state_store(state_url())
+    merchant = args.merchant
     header = f"{'sync id':36}  {'mode':8} {'status':22} {'requested':20} {'window':43} {'fetched':>8} {'rejected':>8} {'published':>9} {'refused':>7} {'deleted':>7} {'held':>7}"
     for entity in args.entity:
-        last = state.last_successful(entity)
-        print(f"== {entity.value}")
+        last = state.last_successful(entity, merchant=merchant)
+        print(f"== {entity.value}" + ("" if merchant == DEFAULT_MERCHANT else f" of merchant {merchant}"))
         if last is None:
             print("   never synced successfully")
         else:
             print(f"   last successful sync: {format_time(last.finished_at)}, the gateway holds {last.num_records} records")
-        history = state.history(entity, args.limit)
+        history = state.history(entity, args.limit, merchant=merchant)
         if not history:
             continue
         print("   " + header)
@@ -220,7 +305,6 @@ def _status(args) -> int:
             )
             if sync.error_message and not sync.status.is_success:
                 print(f"      {sync.error_message}")
-    state.dispose()
     return EXIT_OK
 
 
@@ -229,10 +313,12 @@ def _short(value: datetime | None) -> str:
 
 
 def _default_dagster_home() -> None:
-    """DAGSTER_HOME defaults to the repository root (CONTRACT §5), where dagster.yaml lives."""
-    if not os.environ.get("DAGSTER_HOME"):
-        from .settings import REPO_ROOT
+    """DAGSTER_HOME defaults to the repository root (CONTRACT §5), where dagster.yaml lives; its
+    run queue reads the deployment's cap on concurrent syncs from SYNC_MAX_CONCURRENT_SYNCS."""
+    from .settings import REPO_ROOT, max_concurrent_syncs
 
+    os.environ.setdefault("SYNC_MAX_CONCURRENT_SYNCS", str(max_concurrent_syncs()))
+    if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(REPO_ROOT)
 
 

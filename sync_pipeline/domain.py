@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+
+DEFAULT_MERCHANT = "default"
+MERCHANT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+def check_merchant_id(text: object) -> str:
+    """A merchant id as CONTRACT §6 spells it, or ValueError saying what is wrong."""
+    if not isinstance(text, str) or not MERCHANT_ID_PATTERN.fullmatch(text):
+        raise ValueError(
+            f"merchantId must be 1 to 40 of a-z, 0-9 and '-', starting with a letter or digit, not {str(text)[:60]!r}"
+        )
+    return text
 
 
 class EntityType(str, enum.Enum):

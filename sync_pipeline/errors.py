@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .domain import EntityType, SyncStatus
+from .domain import DEFAULT_MERCHANT, EntityType, SyncStatus
 
 
 class SyncError(Exception):
@@ -34,15 +34,15 @@ class DeletionGuardError(SyncError):
 
 
 class EntityBusy(SyncError):
-    """A sync of this entity type is already queued or in progress."""
+    """A sync of this (merchant, entity type) is already queued or in progress."""
 
-    def __init__(self, entity: EntityType, sync_id: str, status: SyncStatus):
+    def __init__(self, entity: EntityType, sync_id: str, status: SyncStatus, merchant: str = DEFAULT_MERCHANT):
         self.entity = entity
+        self.merchant = merchant
         self.sync_id = sync_id
         self.active_status = status
-        super().__init__(
-            f"a {entity.value} sync is already {status.text.lower()}: sync {sync_id}"
-        )
+        whose = "" if merchant == DEFAULT_MERCHANT else f" of merchant {merchant}"
+        super().__init__(f"a {entity.value} sync{whose} is already {status.text.lower()}: sync {sync_id}")
 
 
 def status_for(error: BaseException) -> SyncStatus:

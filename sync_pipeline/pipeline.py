@@ -1,6 +1,10 @@
-"""The two steps of a sync as plain functions, free of Dagster:
-fetch_and_stage (everything that reads the product service) and publish_changes (everything
-that writes the gateway). The Dagster assets call these and record what they return."""
+"""The two halves of a sync as plain functions, free of Dagster: fetch_and_stage (everything
+that reads the product service) and publish_changes (everything that writes the gateway).
+The Dagster asset calls both, in one step, and records what they return.
+
+A sync starts from the state store alone: what the gateway holds and is owed for this
+(merchant, type) is read into the run's DuckDB scratch, and what the sync changes is written
+back. A run on an empty disk therefore behaves exactly like one on the disk of the last run."""
 
 from __future__ import annotations
 
@@ -12,14 +16,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TypeVar
 
-from .domain import EntityType, Window
+from .domain import EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
 from .gateway import BatchOutcome, GatewayClient, Operation, idempotency_key
 from .sources import ProductServiceClient
-from .staging import ChangedRecord, PageRows, StageCounts, StagingStore, to_rows
+from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
 from .state import StateStore
 
 log = logging.getLogger(__name__)
@@ -36,12 +41,48 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass
+class SyncScratch:
+    """One sync's working set: its scratch DuckDB and the state store it reads and writes back."""
+
+    state: StateStore
+    staging: StagingStore
+    directory: Path  # the run's own scratch directory, for the CSV files moved to and fro
+    merchant: str
+    entity: EntityType
+    sync_id: str
+    park_after: int | None = None
+    _files: int = field(default=0, repr=False)
+
+    def _csv(self, name: str) -> Path:
+        self._files += 1
+        return self.directory / f"{name}-{self._files}.csv"
+
+    def load_known(self, **which) -> int:
+        """Read this (merchant, type)'s rows (all, or `ids=` and `pending=`) into the scratch."""
+        path = self._csv("known")
+        count = self.state.export_records(self.entity, path, merchant=self.merchant, **which)
+        self.staging.load_known(path)
+        path.unlink()
+        return count
+
+    def save(self) -> int:
+        """Write back to the state store every row this sync changed since the last save."""
+        path = self._csv("dirty")
+        count = self.staging.dirty_to_csv(path)
+        if count:
+            self.state.import_records(self.entity, path, merchant=self.merchant)
+            path.unlink()
+        return count
+
+
 @dataclass(frozen=True)
 class StageResult:
     counts: StageCounts
     pages: int
     to_delete: int
     seconds: float
+    fetched_by_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +91,7 @@ class PublishResult:
     failed: int
     deleted: int
     batches: int
+    failed_batches: int
     seconds: float
 
     @property
@@ -94,10 +136,8 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 
 def fetch_and_stage(
     source: ProductServiceClient,
-    staging: StagingStore,
-    entity: EntityType,
+    scratch: SyncScratch,
     window: Window,
-    sync_id: str,
     *,
     full: bool,
     deletion_share: float = 0.10,
@@ -105,13 +145,19 @@ def fetch_and_stage(
     chunk_rows: int = 5_000,
     progress: Progress | None = None,
 ) -> StageResult:
-    """Page the window into `fetched` in bulk chunks, dedupe and validate into `staged`.
+    """Page the window into the scratch in bulk chunks, dedupe, validate, and note what the
+    gateway is owed, in the scratch and then in the state store.
 
-    A full sync also finds the records the gateway holds that the source no longer lists,
-    confirms each with a 404, and applies the deletion guard before anything is published.
+    A sync that does not list everything (latest, historic) also fetches by id the records
+    the gateway is still owed from earlier syncs (refused, or in a failed batch), so nothing is
+    left behind by a window that moved on. A full sync finds the records the gateway holds that
+    the source no longer lists, confirms each with a 404, and applies the deletion guard before
+    anything is published.
     """
     started = time.monotonic()
-    staging.begin_fetch()
+    staging, entity = scratch.staging, scratch.entity
+    if full:
+        scratch.load_known()
     rows = PageRows()
     seen = pages = 0
     for page in prefetch(source.fetch_pages(entity, window)):
@@ -127,52 +173,80 @@ def fetch_and_stage(
             elapsed = time.monotonic() - started
             progress(f"{pages} pages, {seen} records, {seen / max(elapsed, 1e-9):,.0f} records/s")
     staging.load_rows(rows)
-    counts = staging.stage_fetched(sync_id, full=full)
+    gone: list[str] = []
+    fetched_by_id = 0
+    if not full:
+        scratch.load_known(ids=staging.fetched_ids(), pending=True)
+        owed = staging.pending_not_fetched()
+        found = _fetch_by_id(source, entity, owed)
+        gone = [record_id for record_id, record in zip(owed, found) if record is None]
+        present = [record for record in found if record is not None]
+        staging.load_rows(to_rows(entity, present, seen))
+        fetched_by_id = len(present)
+    now = utcnow()
+    # `fetched` counts what the listing returned; records fetched by id are counted apart.
+    counts = replace(staging.stage_fetched(scratch.sync_id, now=now, park_after=scratch.park_after), fetched=seen)
+    scratch.state.save_rejections(scratch.sync_id, entity, staging.rejected_rows(), merchant=scratch.merchant)
     crash_point("staged")
-    to_delete = 0
     if full:
-        to_delete = _plan_deletions(source, staging, entity, deletion_share, allow_deletions)
-    return StageResult(counts=counts, pages=pages, to_delete=to_delete, seconds=time.monotonic() - started)
+        gone = _confirm_deletions(source, staging, entity, deletion_share, allow_deletions)
+    staging.mark_gone(gone, now, scratch.park_after)
+    scratch.save()
+    return StageResult(
+        counts=counts, pages=pages, to_delete=len(staging.pending_deletions()),
+        seconds=time.monotonic() - started, fetched_by_id=fetched_by_id,
+    )
 
 
-def _plan_deletions(
+def _fetch_by_id(source: ProductServiceClient, entity: EntityType, ids: list[str]) -> list[dict | None]:
+    """Each record as the product service has it now, or None where it answers 404."""
+    if not ids:
+        return []
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="by-id") as pool:
+        return list(pool.map(lambda record_id: source.get_one(entity, record_id), ids))
+
+
+def _confirm_deletions(
     source: ProductServiceClient, staging: StagingStore, entity: EntityType, share: float, allow: bool
-) -> int:
+) -> list[str]:
+    """The ids a full listing no longer shows that the product service confirms gone (404)."""
     candidates = staging.deletion_candidates()
-    held = staging.published_count()
-    if candidates and len(candidates) > share * held and not allow:
+    held = staging.held_count()
+    to_delete = sum(is_held for _, is_held in candidates)
+    if to_delete and to_delete > share * held and not allow:
         raise DeletionGuardError(
-            f"a full sync would delete {len(candidates)} of the {held} {entity.plural} the gateway holds"
-            f" ({100 * len(candidates) / held:.1f}%), above the safety share of {100 * share:.0f}%;"
+            f"a full sync would delete {to_delete} of the {held} {entity.plural} the gateway holds"
+            f" ({100 * to_delete / held:.1f}%), above the safety share of {100 * share:.0f}%;"
             " nothing was deleted. If the source really lost them, run again allowing deletions"
             " (--allow-deletions, or allow_deletions: true in the run config)."
         )
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="confirm") as pool:
-        gone = list(pool.map(lambda item: source.get_one(entity, item[0]) is None, candidates))
-    confirmed = [item for item, is_gone in zip(candidates, gone) if is_gone]
-    staging.set_deletions(confirmed)
-    return len(confirmed)
+    ids = [record_id for record_id, _ in candidates]
+    found = _fetch_by_id(source, entity, ids)
+    return [record_id for record_id, record in zip(ids, found) if record is None]
 
 
 def publish_changes(
     gateway: GatewayClient,
-    staging: StagingStore,
-    state: StateStore,
-    entity: EntityType,
-    sync_id: str,
+    scratch: SyncScratch,
     *,
     batch_size: int = 1000,
     workers: int = 4,
+    save_every: int = 100,
     progress: Progress | None = None,
 ) -> PublishResult:
-    """Send every staged record whose content changed since the gateway accepted it, then the
-    confirmed deletions, in batches followed to their end. Only accepted items are marked."""
+    """Send every staged record whose version the gateway is owed, then the confirmed
+    deletions, in batches followed to their end. What the gateway did with each item is folded
+    into the scratch and written back to the state store every `save_every` batches and at the
+    end, so a sync that dies loses at most that much bookkeeping (the gateway replays the rest)."""
     started = time.monotonic()
-    totals = {"published": 0, "failed": 0, "deleted": 0, "batches": 0}
+    staging, state, entity, merchant, sync_id = (
+        scratch.staging, scratch.state, scratch.entity, scratch.merchant, scratch.sync_id
+    )
+    totals = {"published": 0, "failed": 0, "deleted": 0, "batches": 0, "failed_batches": 0}
 
     def submit_and_follow(operation: Operation, items: list[ChangedRecord]) -> BatchOutcome:
         key = state.usable_idempotency_key(
-            idempotency_key(entity, operation, (item.fingerprint for item in items))
+            idempotency_key(entity, operation, (item.fingerprint for item in items)), merchant
         )
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
@@ -181,7 +255,7 @@ def publish_changes(
         crash_point("publishing")
         state.record_batch(
             batch_id=batch_id, sync_id=sync_id, entity=entity, operation=operation.value,
-            idempotency_key=key, item_count=len(items),
+            idempotency_key=key, item_count=len(items), merchant=merchant,
         )
         crash_point("waiting")
         outcome = gateway.wait_for_batch(batch_id)
@@ -206,22 +280,31 @@ def publish_changes(
         for items, outcome in future.result():
             totals["batches"] += 1
             if outcome.batch_status != "COMPLETED":
+                totals["failed_batches"] += 1
                 totals["failed"] += len(items)
+                _note(staging, Outcome.FAILED, items, outcome.batch_id, {})
                 continue
-            refused = outcome.failed_ids
+            refused = {str(item.get("id")): str(item.get("reason") or "") for item in outcome.failed_items}
             accepted = [item for item in items if item.id not in refused]
+            rejected_items = [item for item in items if item.id in refused]
             if operation is Operation.UPSERT:
-                staging.mark_published(accepted, sync_id)
+                _note(staging, Outcome.HELD, accepted, outcome.batch_id, {})
+                _note(staging, Outcome.REFUSED, rejected_items, outcome.batch_id, refused)
                 totals["published"] += len(accepted)
             else:
-                staging.mark_deleted([item.id for item in accepted], sync_id)
+                _note(staging, Outcome.DELETED, accepted, outcome.batch_id, {})
+                _note(staging, Outcome.FAILED, rejected_items, outcome.batch_id, refused)
                 totals["deleted"] += len(accepted)
-            totals["failed"] += len(items) - len(accepted)
+            totals["failed"] += len(rejected_items)
+        if totals["batches"] % save_every == 0:
+            staging.fold_outcomes(utcnow(), scratch.park_after)
+            scratch.save()
         if progress and totals["batches"] % 20 == 0:
             progress(f"{totals['batches']} batches settled, {totals['published']} records published")
 
-    staging.fold_accepted()  # what a sync that died had got accepted
-    deletions = [ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()]
+    deletions = [
+        ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()
+    ]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
 
@@ -245,5 +328,14 @@ def publish_changes(
                 future.cancel()
             raise
         finally:
-            staging.fold_accepted()
+            staging.fold_outcomes(utcnow(), scratch.park_after)
+            scratch.save()
     return PublishResult(seconds=time.monotonic() - started, **totals)
+
+
+def _note(staging: StagingStore, kind: str, items: list[ChangedRecord], batch_id: str, reasons: dict[str, str]) -> None:
+    if items:
+        staging.record_outcomes(
+            kind, [item.id for item in items], [item.content_hash for item in items], batch_id,
+            [reasons.get(item.id) for item in items],
+        )

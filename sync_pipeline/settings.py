@@ -36,6 +36,20 @@ def state_url() -> str:
     return os.environ.get("SYNC_STATE_URL") or f"sqlite:///{data_dir() / 'state.db'}"
 
 
-def staging_path(entity: EntityType) -> Path:
-    """One DuckDB file per entity type, so both types can sync at the same time."""
-    return data_dir() / f"{entity.plural}.duckdb"
+def scratch_path(merchant: str, entity: EntityType, sync_id: str) -> Path:
+    """Where a sync keeps its DuckDB scratch: a directory of its own, removed when it ends (or,
+    if its process died, when the sync is closed as abandoned)."""
+    return data_dir() / "scratch" / f"{merchant}-{entity.plural}-{sync_id}"
+
+
+def max_concurrent_syncs() -> int:
+    """The deployment's cap on syncs running at once (CONTRACT §6), for Dagster's run queue."""
+    return int(os.environ.get("SYNC_MAX_CONCURRENT_SYNCS") or 4)
+
+
+def duckdb_settings() -> dict:
+    """DuckDB's memory cap (it spills to disk beyond it) and threads, for every run's scratch."""
+    return {
+        "memory_limit": os.environ.get("SYNC_DUCKDB_MEMORY_LIMIT", "128MB"),
+        "threads": int(os.environ.get("SYNC_DUCKDB_THREADS", "2")),
+    }

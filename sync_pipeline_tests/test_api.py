@@ -215,7 +215,8 @@ def test_health_and_openapi_need_no_token(api):
     document = requests.get(f"{server.url}/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/sync/{entityType}", "/sync/{entityType}/latest", "/sync/{entityType}/historic",
-                                      "/sync/{entityType}/history", "/batches/{batchId}", "/healthz"}
+                                      "/sync/{entityType}/history", "/batches/{batchId}", "/healthz",
+                                      "/merchants", "/merchants/{merchantId}", "/syncs"}
     assert set(document["paths"]["/sync/{entityType}"]) == {"get", "put"}
 
 

@@ -19,6 +19,9 @@ def test_a_sync_runs_with_dagster_storage_and_state_in_postgres(sync_env, sandbo
     assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        queue = instance.run_coordinator.get_run_queue_config()
+        assert queue.max_concurrent_runs == 4  # SYNC_MAX_CONCURRENT_SYNCS, defaulted by the CLI
+        assert [limit["key"] for limit in queue.tag_concurrency_limits] == ["sync_lease"]
         [run] = instance.get_runs()
         assert run.job_name == "sync_collections" and run.status is dg.DagsterRunStatus.SUCCESS
         assert instance.get_latest_materialization_event(dg.AssetKey("collections_published")) is not None

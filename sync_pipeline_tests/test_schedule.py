@@ -1,102 +1,129 @@
-"""The daily schedule on a real instance: a latest sync through the lease, skipped when busy;
-and a range of days run as one historic sync per entity type."""
+"""The daily syncs on a real instance: each enabled merchant in its own hour, a tick that only
+reads, runs that take their lease when they start, and a tick for 1,000 merchants."""
 
-from datetime import datetime, timedelta, timezone
+import time
+from datetime import datetime, timezone
 
 import dagster as dg
+import pytest
 
 from sync_pipeline.cli import main
 from sync_pipeline.defs import build_defs
-from sync_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from sync_pipeline.defs.partitions import ensure_merchant_partitions
 from sync_pipeline.defs.resources import StateStoreResource
-from sync_pipeline.defs.runs import ENTITY_TAG, SYNC_ID_TAG
+from sync_pipeline.defs.runs import LEASE_TAG, ORIGIN_TAG, PARTITION_TAG, SYNC_TO_TAG
 from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, utcnow
+from sync_pipeline.merchants import MerchantRegistry, MerchantSpec
 from sync_pipeline.settings import state_url
 from sync_pipeline.state import StateStore
 
+SECRET = "a-test-secret-key-of-at-least-32-characters"
+
+
+@pytest.fixture
+def registry(sync_env, monkeypatch):
+    monkeypatch.setenv("SYNC_SECRET_KEY", SECRET)
+    return MerchantRegistry(StateStore(state_url()))
+
+
+def add(registry: MerchantRegistry, merchant_id: str, hour: int, enabled: bool = True) -> None:
+    registry.put(MerchantSpec(
+        merchantId=merchant_id, productServiceUrl="http://127.0.0.1:9/", productServiceToken="p", gatewayToken="g",
+        apiToken=f"{merchant_id}-api-token-0123456789", syncHourUtc=hour, enabled=enabled,
+    ))
+
 
 def evaluate_schedule(instance, name: str, when: datetime):
-    schedule = build_defs().resolve_schedule_def(name)
+    defs = build_defs()
+    schedule = defs.resolve_schedule_def(name)
     resources = {"state_store": StateStoreResource(url=state_url())}
-    with dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources) as context:
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=when, resources=resources, repository_def=defs.get_repository_def()
+    ) as context:
         return schedule.evaluate_tick(context)
 
 
-def test_the_daily_schedule_runs_at_two_utc_by_default():
-    schedule = build_defs().resolve_schedule_def("daily_products_sync")
-    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")
-    assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+def at_hour(hour: int) -> datetime:
+    return datetime(2026, 3, 1, hour, tzinfo=timezone.utc)
 
 
-def test_a_tick_queues_a_latest_sync_up_to_the_tick_and_requests_its_run(sync_env):
-    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
-    store = StateStore(state_url())
-    watermark = store.watermark(EntityType.PRODUCT)
+def test_the_daily_schedules_tick_every_hour_in_utc_and_run_by_default():
+    for name in ("daily_products_sync", "daily_collections_sync"):
+        schedule = build_defs().resolve_schedule_def(name)
+        assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 * * * *", "UTC")
+        assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+
+
+def test_a_tick_asks_for_each_merchant_due_in_its_hour_and_queues_nothing(registry):
+    add(registry, "acme", 2)
+    add(registry, "zeta", 5)
+    add(registry, "gone", 2, enabled=False)
+    with dg.DagsterInstance.get() as instance:
+        result = evaluate_schedule(instance, "daily_products_sync", at_hour(2))
+        later = evaluate_schedule(instance, "daily_products_sync", at_hour(5))
+    assert [r.tags[PARTITION_TAG] for r in result.run_requests] == ["default", "acme"]  # default's hour is 2
+    request = result.run_requests[1]
+    assert request.tags[ORIGIN_TAG] == "schedule" and request.tags[SYNC_TO_TAG] == "2026-03-01T02:00:00Z"
+    assert request.tags[LEASE_TAG] == "acme/PRODUCT"
+    assert [r.tags[PARTITION_TAG] for r in later.run_requests] == ["zeta"]
+    assert registry.store.active_syncs() == []  # evaluating a tick has no side effect
+
+
+def test_a_tick_skips_a_merchant_whose_type_is_busy(registry):
+    add(registry, "acme", 2)
+    busy = registry.store.enqueue_sync(EntityType.COLLECTION, SyncMode.LATEST, origin="api", merchant="acme")
+    with dg.DagsterInstance.get() as instance:
+        collections = evaluate_schedule(instance, "daily_collections_sync", at_hour(2))
+        products = evaluate_schedule(instance, "daily_products_sync", at_hour(2))
+    assert [r.tags[PARTITION_TAG] for r in collections.run_requests] == ["default"]
+    assert [r.tags[PARTITION_TAG] for r in products.run_requests] == ["default", "acme"]
+    assert [s.sync_id for s in registry.store.history(EntityType.COLLECTION, merchant="acme")] == [busy.sync_id]
+
+
+def test_a_scheduled_run_takes_its_lease_and_syncs_up_to_its_tick(registry, sandbox):
+    assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
+    watermark = registry.store.watermark(EntityType.COLLECTION)
     tick = utcnow().replace(microsecond=0)
-    with dg.DagsterInstance.get() as instance:
-        result = evaluate_schedule(instance, "daily_products_sync", tick)
-    [request] = result.run_requests
-    sync = store.get_sync(request.tags[SYNC_ID_TAG])
-    assert (sync.status, sync.mode, sync.origin) == (SyncStatus.QUEUED, SyncMode.LATEST, "schedule")
-    assert (sync.window_start, sync.window_end) == (watermark, tick)
-    assert request.run_key == sync.sync_id and request.tags[ENTITY_TAG] == "PRODUCT"
-    assert request.tags[RANGE_START_TAG] == request.tags[RANGE_END_TAG] == tick.date().isoformat()
-    store.dispose()
-
-
-def test_a_tick_is_skipped_with_the_reason_while_a_sync_of_the_type_is_busy(sync_env):
-    store = StateStore(state_url())
-    busy = store.enqueue_sync(EntityType.COLLECTION, SyncMode.LATEST, origin="api")
-    with dg.DagsterInstance.get() as instance:
-        result = evaluate_schedule(instance, "daily_collections_sync", utcnow())
-    assert not result.run_requests
-    assert busy.sync_id in result.skip_message and "queued" in result.skip_message
-    assert [s.sync_id for s in store.history(EntityType.COLLECTION)] == [busy.sync_id]
-    store.dispose()
-
-
-def test_a_range_of_days_is_one_historic_sync_of_exactly_those_days(sync_env, sandbox):
-    start, end = "2025-03-10", "2025-03-12"
-    tags = {RANGE_START_TAG: start, RANGE_END_TAG: end}
     defs = build_defs()
     with dg.DagsterInstance.get() as instance:
-        for job in ("sync_products", "sync_collections"):
-            assert defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags).success
-        runs = instance.get_run_records()
-    assert len(runs) == 2
-    store = StateStore(state_url())
-    first = datetime(2025, 3, 10, tzinfo=timezone.utc)
-    for entity, kind in ((EntityType.PRODUCT, "products"), (EntityType.COLLECTION, "collections")):
-        [sync] = store.history(entity)
-        assert sync.mode is SyncMode.HISTORIC
-        assert (sync.window_start, sync.window_end) == (first, first + timedelta(days=3))
-        in_range = {r["id"] for r in sandbox.source(kind)["records"]
-                    if "id" in r and r.get("updatedAt", "")[:10] in ("2025-03-10", "2025-03-11", "2025-03-12")}
-        assert sync.fetched == len(in_range) > 0
-        held = set(sandbox.gateway(entity.value))
-        assert held <= in_range and len(held) == sync.published
-    store.dispose()
+        [request] = evaluate_schedule(instance, "daily_collections_sync", tick.replace(minute=0, second=0)
+                                      if tick.hour == 2 else tick.replace(hour=2, minute=0, second=0)).run_requests
+        tags = {**request.tags, SYNC_TO_TAG: tick.isoformat()}
+        run = defs.resolve_job_def("sync_collections").execute_in_process(instance=instance, tags=tags)
+    assert run.success
+    [sync, _] = registry.store.history(EntityType.COLLECTION)
+    assert (sync.origin, sync.mode, sync.status) == ("schedule", SyncMode.LATEST, SyncStatus.PARTIAL_SUCCESS)
+    assert (sync.window_start, sync.window_end) == (watermark, tick)
 
 
-def test_the_checks_run_with_the_sync_and_refusals_turn_one_yellow(sync_env):
-    assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
+def test_a_scheduled_run_that_finds_its_type_busy_skips_quietly(registry):
+    busy = registry.store.enqueue_sync(EntityType.PRODUCT, SyncMode.LATEST, origin="api")
+    tags = {ORIGIN_TAG: "schedule", SYNC_TO_TAG: utcnow().isoformat()}
     with dg.DagsterInstance.get() as instance:
-        checks = {
-            name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                [dg.AssetCheckKey(dg.AssetKey(asset), name)]
-            )
-            for asset, name in (("collections_staged", "rejected_share"), ("collections_published", "gateway_matches_staging"),
-                                ("collections_published", "batch_failures"), ("collections_published", "fresh_within_26h"))
-        }
-    status = {name: next(iter(by_key.values())).status.value for name, by_key in checks.items()}
-    # 2 of the 198 collections sent were refused (1.01% > 1%): a warning, the rest pass.
-    assert status == {"rejected_share": "SUCCEEDED", "gateway_matches_staging": "SUCCEEDED",
-                      "batch_failures": "FAILED", "fresh_within_26h": "SUCCEEDED"}
+        ensure_merchant_partitions(instance, ["default"])
+        run = build_defs().resolve_job_def("sync_products").execute_in_process(
+            instance=instance, partition_key="default", tags=tags
+        )
+        materialized = instance.get_latest_materialization_event(dg.AssetKey("products_published"))
+    assert run.success and materialized is None
+    assert [s.sync_id for s in registry.store.history(EntityType.PRODUCT)] == [busy.sync_id]
 
 
-def test_the_freshness_check_goes_red_when_a_type_never_synced(sync_env):
-    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+def test_a_tick_for_a_thousand_merchants_takes_well_under_the_tick_timeout(registry, capsys):
+    now = utcnow()
+    from sync_pipeline.state.schema import merchants
+
+    with registry.store.engine.begin() as conn:  # 1,000 rows at once; `add` would encrypt each
+        conn.execute(merchants.insert(), [
+            dict(merchant_id=f"m{i:04d}", product_service_url="http://x/", product_service_token="t", gateway_token="t",
+                 sync_hour_utc=2, enabled=True, created_at=now, updated_at=now)
+            for i in range(1000)
+        ])
     with dg.DagsterInstance.get() as instance:
-        result = build_defs().resolve_job_def("check_freshness").execute_in_process(instance=instance)
-    evaluations = {e.asset_key.to_user_string(): e.passed for e in result.get_asset_check_evaluations()}
-    assert evaluations == {"products_published": True, "collections_published": False}
+        started = time.perf_counter()
+        result = evaluate_schedule(instance, "daily_products_sync", at_hour(2))
+        seconds = time.perf_counter() - started
+    assert len(result.run_requests) == 1001
+    with capsys.disabled():
+        print(f"\n  a tick for 1,000 merchants: {len(result.run_requests)} run requests in {seconds:.2f}s")
+    assert seconds < 10  # Dagster's default tick timeout is 60 s

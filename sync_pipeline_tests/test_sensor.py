@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from sync_pipeline.defs import build_defs
+from sync_pipeline.defs.partitions import ensure_merchant_partitions
 from sync_pipeline.defs.resources import StateStoreResource
 from sync_pipeline.defs.runs import ENTITY_TAG, SYNC_ID_TAG
 from sync_pipeline.domain import EntityType, SyncMode, SyncStatus
@@ -92,8 +93,9 @@ def test_a_materialization_from_the_ui_fails_fast_while_a_sync_is_queued(env):
     store = StateStore(state_url())
     queued = store.enqueue_sync(EntityType.PRODUCT, SyncMode.LATEST, origin="api")
     with dg.DagsterInstance.get() as instance:
+        ensure_merchant_partitions(instance, ["default"])
         result = build_defs().resolve_job_def("sync_products").execute_in_process(
-            instance=instance, partition_key="2025-03-01", raise_on_error=False
+            instance=instance, partition_key="default", raise_on_error=False
         )
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]

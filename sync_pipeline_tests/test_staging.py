@@ -1,115 +1,210 @@
-"""DuckDB staging: dedupe, rejects kept, change detection, full-sync image, deletions."""
+"""The DuckDB scratch of a sync: dedupe, rejects kept, change detection against what the gateway
+holds, what is owed across syncs, deletions. Each `Sync` here is a fresh scratch that starts
+from the previous one's written-back rows, as a real run starts from the state store."""
 
-import duckdb
+from datetime import datetime, timezone
+
 import pytest
 
 from sync_pipeline.domain import EntityType
-from sync_pipeline.staging import StagingStore, to_rows
+from sync_pipeline.staging import Outcome, StagingStore, connect_scratch, to_rows
+from sync_pipeline.staging.store import PENDING_DELETE, PENDING_PUBLISH
+
+NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
 def product(record_id: str, updated: str = "2025-03-01T10:00:00Z", **fields) -> dict:
     return {"id": record_id, "title": f"Title {record_id}", "updatedAt": updated, "listPrice": 100, **fields}
 
 
+class Syncs:
+    """Successive syncs, each in a scratch of its own, handing their state on as CSV."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.number = 0
+        self.state = tmp_path / "state.csv"
+        self.connection = None
+
+    def next(self) -> StagingStore:
+        if self.connection is not None:
+            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty) FROM known) TO '{self.state}' (HEADER)")
+            self.connection.close()
+        self.number += 1
+        self.connection = connect_scratch(self.tmp_path / f"scratch-{self.number}.duckdb")
+        staging = StagingStore(self.connection)
+        if self.state.exists():
+            staging.load_known(self.state)
+        return staging
+
+
 @pytest.fixture
-def staging(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "products.duckdb"))
-    yield StagingStore(connection)
-    connection.close()
+def syncs(tmp_path):
+    chain = Syncs(tmp_path)
+    yield chain
+    if chain.connection is not None:
+        chain.connection.close()
 
 
-def stage(staging: StagingStore, records: list, sync_id: str = "s1", full: bool = False):
-    staging.begin_fetch()
+def stage(staging: StagingStore, records: list, sync_id: str = "s1"):
     staging.load_rows(to_rows(EntityType.PRODUCT, records, first_seq=0))
-    return staging.stage_fetched(sync_id, full=full)
+    return staging.stage_fetched(sync_id, now=NOW)
 
 
-def publish_all(staging: StagingStore, sync_id: str = "s1") -> list[str]:
+def publish_all(staging: StagingStore) -> list[str]:
     ids = []
     for chunk in staging.changed_since_publish(1000):
-        staging.mark_published(chunk, sync_id)
+        staging.record_outcomes(Outcome.HELD, [r.id for r in chunk], [r.content_hash for r in chunk], "b1", [None] * len(chunk))
         ids += [record.id for record in chunk]
-    staging.fold_accepted()
+    staging.fold_outcomes(NOW)
     return ids
 
 
-def test_a_record_seen_twice_keeps_its_latest_version(staging):
+def pending(staging: StagingStore) -> dict[str, int]:
+    return dict(staging.db.execute("SELECT record_id, pending FROM known WHERE pending <> 0").fetchall())
+
+
+def test_a_record_seen_twice_keeps_its_latest_version(syncs):
+    staging = syncs.next()
     counts = stage(staging, [product("a", "2025-03-01T10:00:00Z", title="old"), product("a", "2025-03-01T11:00:00Z", title="new")])
     assert (counts.fetched, counts.unique, counts.valid) == (2, 1, 1)
     [changed] = next(staging.changed_since_publish(10))
     assert '"title":"new"' in changed.raw
 
 
-def test_latest_wins_even_when_listed_first(staging):
+def test_latest_wins_even_when_listed_first(syncs):
+    staging = syncs.next()
     stage(staging, [product("a", "2025-03-01T11:00:00Z", title="new"), product("a", "2025-03-01T10:00:00Z", title="old")])
     [changed] = next(staging.changed_since_publish(10))
     assert '"title":"new"' in changed.raw
 
 
-def test_rejected_records_are_kept_with_raw_json_and_reason_and_never_published(staging):
+def test_rejected_records_are_kept_with_raw_json_and_reason_and_never_published(syncs):
+    staging = syncs.next()
     counts = stage(staging, [product("a"), product("b", listPrice=-3), {"title": "no id"}], sync_id="s9")
     assert counts.rejected == 2
-    rejected = staging.rejected_for_sync("s9")
+    rejected = staging.rejected_rows()
     assert {(r[0], "negative" in r[1] or "id" in r[1]) for r in rejected} == {("b", True), (None, True)}
+    assert all(r[2].startswith("{") for r in rejected)
     assert publish_all(staging) == ["a"]
 
 
-def test_nothing_is_published_twice(staging):
+def test_nothing_is_published_twice(syncs):
+    staging = syncs.next()
     stage(staging, [product("a"), product("b")])
     assert publish_all(staging) == ["a", "b"]
+    staging = syncs.next()
     stage(staging, [product("a"), product("b")], sync_id="s2")
     assert staging.count_changed() == 0
 
 
-def test_only_changed_content_is_published_again(staging):
+def test_an_unchanged_listing_writes_nothing_back(syncs, tmp_path):
+    staging = syncs.next()
     stage(staging, [product("a"), product("b")])
     publish_all(staging)
+    assert staging.dirty_to_csv(tmp_path / "first.csv") == 2
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b")], sync_id="s2")
+    assert staging.dirty_to_csv(tmp_path / "second.csv") == 0
+
+
+def test_only_changed_content_is_published_again(syncs):
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b")])
+    publish_all(staging)
+    staging = syncs.next()
     stage(staging, [product("a", "2025-03-02T10:00:00Z", title="changed"), product("b", "2025-03-02T10:00:00Z")], sync_id="s2")
     # b's updatedAt moved, so its content hash did too: both go; a record with identical JSON would not.
-    assert publish_all(staging, "s2") == ["a", "b"]
+    assert publish_all(staging) == ["a", "b"]
+    staging = syncs.next()
     stage(staging, [product("a", "2025-03-02T10:00:00Z", title="changed")], sync_id="s3")
     assert staging.count_changed() == 0
 
 
-def test_key_order_does_not_count_as_a_change(staging):
+def test_key_order_does_not_count_as_a_change(syncs):
+    staging = syncs.next()
     stage(staging, [{"listPrice": 1, "id": "a", "title": "t", "updatedAt": "2025-03-01T10:00:00Z"}])
     publish_all(staging)
+    staging = syncs.next()
     stage(staging, [{"id": "a", "title": "t", "updatedAt": "2025-03-01T10:00:00Z", "listPrice": 1}], sync_id="s2")
     assert staging.count_changed() == 0
 
 
-def test_refused_records_stay_unpublished_and_go_again(staging):
+def test_a_refused_record_stays_owed_and_a_later_sync_that_does_not_list_it_finds_it(syncs):
+    staging = syncs.next()
     stage(staging, [product("a"), product("b")])
     chunk = next(staging.changed_since_publish(10))
-    staging.mark_published([r for r in chunk if r.id == "a"], "s1")
-    staging.fold_accepted()
-    assert [r.id for r in next(staging.changed_since_publish(10))] == ["b"]
+    staging.record_outcomes(Outcome.HELD, ["a"], [chunk[0].content_hash], "b1", [None])
+    staging.record_outcomes(Outcome.REFUSED, ["b"], [chunk[1].content_hash], "b1", ["sku is blocked"])
+    staging.fold_outcomes(NOW)
+    assert pending(staging) == {"b": PENDING_PUBLISH}
+    staging = syncs.next()
+    stage(staging, [product("c")], sync_id="s2")  # a latest window that does not list b
+    assert staging.pending_not_fetched() == ["b"]
+    [(times, reason)] = staging.db.execute("SELECT refused_times, refused_reason FROM known WHERE record_id = 'b'").fetchall()
+    assert (times, reason) == (1, "sku is blocked")
 
 
-def test_an_incremental_sync_merges_into_the_image(staging):
-    stage(staging, [product("a"), product("b")], full=True)
-    stage(staging, [product("c")], sync_id="s2")
-    assert staging.staged_count() == 3
+def test_a_record_refused_twice_at_the_same_version_is_parked(syncs):
+    staging = syncs.next()
+    stage(staging, [product("a")])
+    for _ in range(2):
+        [record] = next(staging.changed_since_publish(10))
+        staging.record_outcomes(Outcome.REFUSED, ["a"], [record.content_hash], "b", ["no"])
+        staging.fold_outcomes(NOW, park_after=2)
+    assert pending(staging) == {}
+    staging = syncs.next()
+    stage(staging, [product("a", title="fixed")], sync_id="s2")  # new content: owed again
+    assert pending(staging) == {"a": PENDING_PUBLISH}
 
 
-def test_a_full_sync_finds_what_the_source_no_longer_lists(staging):
-    stage(staging, [product("a"), product("b"), product("c")], full=True)
+def test_a_published_record_that_becomes_invalid_keeps_its_last_valid_version(syncs):
+    staging = syncs.next()
+    stage(staging, [product("a")])
     publish_all(staging)
-    stage(staging, [product("a"), product("c", listPrice=-1)], sync_id="s2", full=True)
+    staging = syncs.next()
+    stage(staging, [product("a", "2025-03-02T10:00:00Z", listPrice=-1)], sync_id="s2")
+    [(held, source, reason)] = staging.db.execute(
+        "SELECT held_hash, source_hash, rejected_reason FROM known"
+    ).fetchall()
+    assert held == source and "negative" in reason
+    assert staging.count_changed() == 0 and pending(staging) == {}
+
+
+def test_a_full_sync_finds_what_the_source_no_longer_lists(syncs):
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b"), product("c")])
+    publish_all(staging)
+    staging = syncs.next()
+    stage(staging, [product("a"), product("c", listPrice=-1)], sync_id="s2")
     # c is listed (though now invalid): not a deletion candidate; b is.
-    assert [c[0] for c in staging.deletion_candidates()] == ["b"]
-    assert staging.staged_count() == 2  # a, and c's last valid version
-    staging.set_deletions(staging.deletion_candidates())
-    staging.mark_deleted(["b"])
-    staging.fold_accepted()
-    assert staging.published_count() == 2
+    assert staging.deletion_candidates() == [("b", True)]
+    staging.mark_gone(["b"], NOW)
+    assert [record_id for record_id, _ in staging.pending_deletions()] == ["b"]
+    staging.record_outcomes(Outcome.DELETED, ["b"], [None], "b9", [None])
+    staging.fold_outcomes(NOW)
+    assert staging.held_count() == 2
     assert staging.pending_deletions() == []
+    [(deleted_by,)] = staging.db.execute("SELECT deleted_batch_id FROM known WHERE record_id = 'b'").fetchall()
+    assert deleted_by == "b9"
 
 
-def test_changes_come_in_id_order_across_slices(staging, monkeypatch):
+def test_a_deletion_that_failed_is_still_owed_by_the_next_sync(syncs):
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b")])
+    publish_all(staging)
+    staging.mark_gone(["b"], NOW)
+    staging.record_outcomes(Outcome.FAILED, ["b"], [None], "b2", [None])
+    staging.fold_outcomes(NOW)
+    staging = syncs.next()
+    assert pending(staging) == {"b": PENDING_DELETE}
+
+
+def test_changes_come_in_id_order_across_slices(syncs, monkeypatch):
     import sync_pipeline.staging.store as store
 
     monkeypatch.setattr(store, "SLICE_ROWS", 7)
+    staging = syncs.next()
     records = [product(f"p{i:03d}") for i in range(50)]
     stage(staging, list(reversed(records)))
     chunks = list(staging.changed_since_publish(8))

@@ -117,3 +117,38 @@ def test_the_schema_is_created_once_and_reopened(state_store):
     assert reopened.ping()
     assert reopened.last_successful(P) is not None
     reopened.dispose()
+
+
+RECORD_HEADER = (
+    "record_id,source_hash,source_updated_at,source_sync_id,source_seen_at,rejected_reason,rejected_at,"
+    "held_hash,held_batch_id,held_at,refused_hash,refused_reason,refused_at,refused_times,gone_at,"
+    "deleted_batch_id,deleted_at,pending\n"
+)
+
+
+def test_records_go_out_and_come_back_exactly_per_merchant(state_store, tmp_path):
+    incoming = tmp_path / "in.csv"
+    incoming.write_text(
+        RECORD_HEADER
+        + 'a,h1,2025-03-01 10:00:00.000000,s1,2026-03-01 00:00:00.123456,,,h1,b1,2026-03-01 00:00:01.000000,,,,0,,,,0\n'
+        + 'b,h2,2025-03-01 11:00:00.000000,s1,2026-03-01 00:00:00.000000,,,,,,h2,"refused, ""quoted""\nreason",'
+        + '2026-03-01 00:00:02.000000,1,,,,1\n'
+    )
+    assert state_store.import_records(P, incoming) == 2
+    assert state_store.import_records(P, incoming, merchant="acme") == 2
+    assert state_store.count_held(P) == 1 and state_store.count_held(C) == 0
+    out = tmp_path / "out.csv"
+    assert state_store.export_records(P, out, merchant="acme") == 2
+    import csv
+
+    rows = {row["record_id"]: row for row in csv.DictReader(out.open())}
+    assert rows["b"]["refused_reason"] == 'refused, "quoted"\nreason'
+    assert rows["a"]["held_batch_id"] == "b1" and rows["a"]["source_updated_at"].startswith("2025-03-01 10:00:00")
+    assert rows["b"]["pending"] == "1" and rows["a"]["rejected_reason"] == ""
+    # by id, plus whatever is still owed
+    assert state_store.export_records(P, out, ids=["a"], pending=True) == 2
+    assert state_store.export_records(P, out, ids=["a"]) == 1
+    # an update replaces the row's state
+    incoming.write_text(RECORD_HEADER + "b,h2,,s1,,,,h2,b2,2026-03-02 00:00:00.000000,,,,0,,,,0\n")
+    state_store.import_records(P, incoming)
+    assert state_store.count_held(P) == 2 and state_store.count_held(P, merchant="acme") == 1

@@ -10,6 +10,20 @@ from . import schemas
 from .errors import TITLES
 
 REF = "#/components/schemas/{model}"
+MERCHANT_ID_SCHEMA = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,39}$"}
+
+
+def _query_schema(param) -> dict[str, Any]:
+    if param.kind == "time":
+        return {"type": "string", "format": "date-time"}
+    if param.name == "merchantId":
+        return MERCHANT_ID_SCHEMA
+    if param.kind == "string":
+        return {"type": "string", "maxLength": 512}
+    schema: dict[str, Any] = {"type": "integer", "minimum": param.minimum, "maximum": param.maximum}
+    if param.default is not None:
+        schema["default"] = param.default
+    return schema
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -33,14 +47,17 @@ def build_openapi(operations, base_path: str) -> dict[str, Any]:
             )
         if "{batchId}" in op.path:
             parameters.append({"name": "batchId", "in": "path", "required": True, "schema": {"type": "string"}})
+        if "{merchantId}" in op.path:
+            parameters.append({"name": "merchantId", "in": "path", "required": True, "schema": MERCHANT_ID_SCHEMA})
         for param in op.query:
             parameters.append(
                 {"name": param.name, "in": "query", "required": False, "description": param.description,
-                 "schema": {"type": "integer", "minimum": param.minimum, "maximum": param.maximum, "default": param.default}}
+                 "schema": _query_schema(param)}
             )
         status, model = op.ok
+        ok_body = {"application/json": {"schema": _schema(model, components)}}
         responses: dict[str, Any] = {
-            str(status): {"description": op.summary, "content": {"application/json": {"schema": _schema(model, components)}}}
+            str(code): {"description": op.summary, "content": ok_body} for code in (status, *op.also_ok)
         }
         for code in op.errors:
             if code == 503 and op.access == "public":
@@ -74,8 +91,9 @@ def build_openapi(operations, base_path: str) -> dict[str, Any]:
         "info": {
             "title": "sync_pipeline Sync API",
             "version": "1.0.0",
-            "description": "Ask for a catalogue sync and read how the last one went. Only one sync per entity type "
-                           "is ever queued or in progress.",
+            "description": "Ask for a catalogue sync and read how the last one went. The bearer token decides the "
+                           "merchant; the operator token names it with ?merchantId= and manages the registry. Only "
+                           "one sync per (merchant, entity type) is ever queued or in progress.",
         },
         "servers": [{"url": base_path}],
         "paths": paths,

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..merchants import MerchantSpec
+
 EntityTypeName = Literal["PRODUCT", "COLLECTION"]
 # ISO-8601 UTC, e.g. 2024-05-01T00:00:00Z; kept a string so the API, not pydantic, says what is wrong.
 UtcTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
@@ -65,6 +67,7 @@ class SyncAcceptedResponse(BaseModel):
 
 class SyncHistoryItem(BaseModel):
     syncId: str
+    merchantId: str
     entityType: EntityTypeName
     syncStatusCode: int
     syncStatus: str
@@ -110,6 +113,35 @@ class Batch(BaseModel):
 
 class BatchResponse(BaseModel):
     data: Batch
+    meta: dict[str, Any]
+
+
+class SyncHealthResponse(BaseModel):
+    data: list[SyncHistoryItem]
+    meta: dict[str, Any] = Field(description='{"totals": {"<statusCode>": n, ...}, "nextCursor": "..." or null}')
+
+
+class MerchantPutRequest(MerchantSpec):
+    """A merchant to add, or the fields to change; the id comes from the path."""
+
+    merchantId: Optional[str] = Field(None, description="If given, the same as in the path.")
+
+
+class MerchantView(BaseModel):
+    merchantId: str
+    productServiceUrl: Optional[str]
+    syncHourUtc: int
+    enabled: bool
+    hasReadToken: bool
+
+
+class MerchantResponse(BaseModel):
+    data: MerchantView
+    meta: dict[str, Any]
+
+
+class MerchantListResponse(BaseModel):
+    data: list[MerchantView]
     meta: dict[str, Any]
 
 

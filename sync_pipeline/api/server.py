@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import threading
 
 from ..domain import EntityType
 from ..settings import state_url
-from ..state import StateStore
-from .app import create_app
+from ..state import StateStore, open_state_store
+from .app import access_log, create_app
 
 
 def _reaper():
@@ -17,7 +19,7 @@ def _reaper():
     instance = None
     lock = threading.Lock()  # the first requests arrive together; the instance is made once
 
-    def reap(store: StateStore, entity: EntityType) -> None:
+    def reap(store: StateStore, entity: EntityType, merchant: str) -> None:
         nonlocal instance
         from dagster import DagsterInstance
 
@@ -26,14 +28,21 @@ def _reaper():
         with lock:
             if instance is None:
                 instance = DagsterInstance.get()
-        close_abandoned(store, instance, entity)
+        close_abandoned(store, instance, entity, merchant)
 
     return reap
 
 
+def _log_access_to_stdout() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+
+
+_log_access_to_stdout()
 app = create_app(
-    StateStore(state_url()),
-    write_token=os.environ.get("SYNC_API_TOKEN", ""),
-    read_token=os.environ.get("SYNC_API_READ_TOKEN") or None,
+    open_state_store(state_url()),
     reap=_reaper() if os.environ.get("DAGSTER_HOME") else None,
 )

@@ -1,88 +1,103 @@
-"""Two assets per entity type: `<type>_staged` (fetch, stage, validate) and `<type>_published`
-(publish what changed, follow the batches, record the sync). Thin: the work is in pipeline.py.
+"""Two assets per entity type, `<type>_staged` (fetch, stage, validate) and `<type>_published`
+(publish what changed, follow the batches, record the sync), made by one step: a sync runs on
+one worker from start to end, with its DuckDB scratch local to that worker and everything it
+must keep in the state store. Thin: the work is in pipeline.py.
 
-Both are partitioned by day. A run covers one range of days: a backfill of last March is one
-historic sync of [March 1, April 1); a latest or full sync labels the days its window covers."""
+Both are partitioned by merchant (partitions.py). The window of a run is that of the queued
+request it carries out (Sync API, CLI), or its run config (launchpad, backfills): a historic
+range, latest or full; with nothing said, a latest sync."""
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
-from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time, utcnow
+from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time
 from ..errors import EntityBusy, status_for
-from ..pipeline import fetch_and_stage, publish_changes
-from ..staging import StagingStore
+from ..pipeline import PublishResult, StageResult, SyncScratch, fetch_and_stage, publish_changes
+from ..settings import duckdb_settings, scratch_path
+from ..staging import StagingStore, connect_scratch
 from ..state import StateStore, SyncRecord
 from . import checks
-from .partitions import daily_partitions, partition_window
+from .partitions import merchant_partitions
 from .resources import GatewayResource, ProductServiceResource, StateStoreResource
-from .runs import SYNC_ID_TAG, close_abandoned
+from .runs import ORIGIN_TAG, SYNC_ID_TAG, SYNC_TO_TAG, close_abandoned
 
-# Dagster puts assets that share partitions and backfill policy into one backfill run; a policy
-# of each type's own keeps a backfill of both types at one run per entity type, each with its
-# own lease, as if launched separately. Either way a selected range is one run, not one per day.
-BACKFILL_POLICIES = {
-    EntityType.PRODUCT: dg.BackfillPolicy.single_run(),
-    EntityType.COLLECTION: dg.BackfillPolicy.multi_run(max_partitions_per_run=100_000),
-}
+# One run per merchant: a backfill over all merchants is as many runs, which the run queue
+# takes a few at a time (SYNC_MAX_CONCURRENT_SYNCS).
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
 
 
 class SyncConfig(dg.Config):
-    """How to sync when the run does not carry a queued request (launched from the UI).
+    """How to sync when the run does not carry a queued request (the launchpad, a backfill).
 
-    With no mode, the selected days are synced as a historic range.
+    With `start` and `end`, a historic sync of that range; with no mode, a latest one.
     """
 
     mode: Optional[str] = None  # latest | full | historic
     sync_to: Optional[str] = None  # latest: up to this time (default now)
-    start: Optional[str] = None  # historic: [start, end); default the selected days
+    start: Optional[str] = None  # historic: records updated in [start, end)
     end: Optional[str] = None
     allow_deletions: bool = False  # full: go on even above the deletion safety share
     deletion_share: float = 0.10
-
-
-def staging_key(entity: EntityType) -> str:
-    return f"{entity.plural}_staging_db"
 
 
 def _optional_time(text: Optional[str]):
     return parse_time(text) if text else None
 
 
-def _claim_sync(context: dg.AssetExecutionContext, state: StateStore, entity: EntityType, config: SyncConfig) -> SyncRecord:
-    """The sync this run carries out: the queued one named by the run's tag, or a new one.
+def _request_from(context: dg.AssetExecutionContext, config: SyncConfig) -> dict:
+    """The sync a run without a queued request asks for: from its config, or its schedule's tags."""
+    tags = context.run.tags
+    mode = config.mode or (SyncMode.HISTORIC.value if config.start or config.end else SyncMode.LATEST.value)
+    return dict(
+        mode=SyncMode(mode),
+        sync_to=_optional_time(config.sync_to or tags.get(SYNC_TO_TAG)),
+        start=_optional_time(config.start),
+        end=_optional_time(config.end),
+        allow_deletions=config.allow_deletions,
+    )
+
+
+def _claim_sync(
+    context: dg.AssetExecutionContext, state: StateStore, entity: EntityType, config: SyncConfig
+) -> SyncRecord | None:
+    """The sync this run carries out: the queued one named by the run's tag, or a new one; None
+    when a daily run finds its (merchant, type) busy (it skips: the next day catches up).
 
     Either way the lease is the state store's: a second sync of the type fails here, fast.
     """
-    close_abandoned(state, context.instance, entity)
+    merchant = context.partition_key
+    close_abandoned(state, context.instance, entity, merchant)
     tagged = context.run.tags.get(SYNC_ID_TAG)
-    sync = state.get_sync(tagged) if tagged else None
-    if sync is not None and sync.status is SyncStatus.QUEUED:
+    sync = state.get_sync(tagged, merchant=merchant) if tagged else None
+    if sync is not None and sync.status is SyncStatus.QUEUED and sync.entity_type is entity:
         return sync
+    origin = context.run.tags.get(ORIGIN_TAG, "dagster")
     try:
+        if not _registry(context).is_enabled(merchant):
+            raise ValueError(f"merchant {merchant} is disabled")
         if sync is not None:  # a re-execution of a finished run: the same request, as a new sync
             request = dict(mode=sync.requested_mode, sync_to=sync.sync_to, allow_deletions=sync.allow_deletions)
             if sync.requested_mode is SyncMode.HISTORIC:
                 request.update(start=sync.window_start, end=sync.window_end)
-        elif config.mode is None and (context.has_partition_key or context.has_partition_key_range):
-            days = partition_window(context, utcnow())
-            request = dict(mode=SyncMode.HISTORIC, start=days.start, end=days.end)
-        elif config.mode is None:
-            request = dict(mode=SyncMode.LATEST)
         else:
-            request = dict(
-                mode=SyncMode(config.mode),
-                sync_to=_optional_time(config.sync_to),
-                start=_optional_time(config.start),
-                end=_optional_time(config.end),
-                allow_deletions=config.allow_deletions,
-            )
-        return state.enqueue_sync(entity, origin="dagster", **request)
+            request = _request_from(context, config)
+        return state.enqueue_sync(entity, origin=origin, merchant=merchant, **request)
     except EntityBusy as busy:
+        if origin == "schedule":
+            context.log.warning(f"skipped: {busy}. The next daily sync starts from where the last success ended.")
+            return None
         raise dg.Failure(description=f"{busy}; this run does not start a second one.") from None
     except ValueError as error:
-        raise dg.Failure(description=f"cannot sync {entity.value}: {error}") from None
+        raise dg.Failure(description=f"cannot sync {entity.value} of merchant {merchant}: {error}") from None
+
+
+def _registry(context: dg.AssetExecutionContext):
+    state_store: StateStoreResource = context.resources.state_store
+    return state_store.registry()
 
 
 def _fail(state: StateStore, sync_id: str, error: BaseException) -> dg.Failure:
@@ -99,148 +114,180 @@ def _window_metadata(window: Window) -> dict:
     }
 
 
-def build_sync_assets(entity: EntityType) -> list[dg.AssetsDefinition]:
+@contextmanager
+def sync_scratch(state: StateStore, sync: SyncRecord) -> Iterator[SyncScratch]:
+    """A scratch directory and DuckDB file of this sync's own, removed when it ends, whatever
+    happens: runs keep nothing on disk, so any worker can run any sync."""
+    directory = scratch_path(sync.merchant_id, sync.entity_type, sync.sync_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with connect_scratch(directory / "staging.duckdb", **duckdb_settings()) as connection:
+            yield SyncScratch(
+                state=state, staging=StagingStore(connection), directory=directory,
+                merchant=sync.merchant_id, entity=sync.entity_type, sync_id=sync.sync_id,
+            )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def build_sync_assets(entity: EntityType) -> dg.AssetsDefinition:
     name = entity.plural
     staged_key, published_key = dg.AssetKey(f"{name}_staged"), dg.AssetKey(f"{name}_published")
 
-    @dg.asset(
-        key=staged_key,
-        group_name=name,
-        kinds={"duckdb"},
-        partitions_def=daily_partitions,
-        backfill_policy=BACKFILL_POLICIES[entity],
-        check_specs=checks.staged_check_specs(staged_key),
-        required_resource_keys={"product_service", "state_store", staging_key(entity)},
-        description=(
-            f"Pages the product service's /{name} for the sync's window (latest, full or historic),"
-            " streams them into DuckDB in bulk, keeps the latest version of each record, validates it,"
-            " and keeps rejected records with their reason. A full sync also finds deletions."
-        ),
+    @dg.multi_asset(
+        name=f"sync_{name}_step",
+        specs=[
+            dg.AssetSpec(
+                staged_key, group_name=name, kinds={"duckdb"}, skippable=True,
+                description=(
+                    f"The {name} of the sync's window (latest, full or historic), paged from the product"
+                    f" service's /{name} into the run's DuckDB scratch in bulk: the latest version of each"
+                    " record, validated, with rejected records kept with their reason. A full sync also"
+                    " finds deletions."
+                ),
+            ),
+            dg.AssetSpec(
+                published_key, group_name=name, kinds={"api"}, deps=[staged_key], skippable=True,
+                description=(
+                    f"The {name} the gateway catalogue holds: the staged records whose content changed since"
+                    " the gateway accepted them (and a full sync's confirmed deletions), sent in batches of"
+                    " at most 1000 and followed to COMPLETED or FAILED; what it holds is kept in the state store."
+                ),
+            ),
+        ],
+        check_specs=[*checks.staged_check_specs(staged_key), *checks.published_check_specs(published_key)],
+        partitions_def=merchant_partitions,
+        backfill_policy=BACKFILL_POLICY,
+        # Subsettable only so that a skipped daily run may materialize nothing: a sync always
+        # makes both assets, and a selection of one of them fails at once, saying so.
+        can_subset=True,
+        required_resource_keys={"product_service", "gateway", "state_store"},
     )
-    def staged(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
+    def sync_step(context: dg.AssetExecutionContext, config: SyncConfig):
         product_service: ProductServiceResource = context.resources.product_service
-        state_store: StateStoreResource = context.resources.state_store
-        selection = context.run.asset_selection
-        if selection and published_key not in selection:
-            raise dg.Failure(description=f"materialize {name}_staged together with {published_key.to_user_string()}")
-        state = state_store.store()
-        sync = _claim_sync(context, state, entity, config)
-        state.start_sync(sync.sync_id, run_id=context.run.run_id)
-        window = sync.window
-        context.log.info(f"sync {sync.sync_id}: {sync.mode.value} {entity.value} sync of {_describe(window)}")
-        duckdb: DuckDBResource = getattr(context.resources, staging_key(entity))
-        source = product_service.client()
-        try:
-            with duckdb.get_connection() as connection:
-                result = fetch_and_stage(
-                    source, StagingStore(connection), entity, window, sync.sync_id,
-                    full=sync.mode is SyncMode.FULL, allow_deletions=sync.allow_deletions,
-                    deletion_share=config.deletion_share, progress=context.log.info,
-                )
-        except Exception as error:
-            raise _fail(state, sync.sync_id, error) from error
-        finally:
-            source.close()
-        counts = result.counts
-        state.update_counts(sync.sync_id, fetched=counts.fetched, rejected=counts.rejected)
-        context.log.info(
-            f"staged {counts.valid} valid and {counts.rejected} rejected of {counts.fetched} fetched"
-            f" in {result.pages} pages, {result.seconds:.1f}s; {result.to_delete} to delete"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "sync_id": sync.sync_id,
-                "mode": sync.mode.value,
-                **_window_metadata(window),
-                "records_fetched": counts.fetched,
-                "records_valid": counts.valid,
-                "records_rejected": counts.rejected,
-                "records_to_delete": result.to_delete,
-                "pages": result.pages,
-                "duration_seconds": round(result.seconds, 3),
-                "records_per_second": round(counts.fetched / max(result.seconds, 1e-9), 1),
-            },
-            check_results=[checks.rejected_share_result(result)],
-        )
-
-    @dg.asset(
-        key=published_key,
-        group_name=name,
-        deps=[staged],
-        kinds={"api"},
-        partitions_def=daily_partitions,
-        backfill_policy=BACKFILL_POLICIES[entity],
-        check_specs=checks.published_check_specs(published_key),
-        required_resource_keys={"gateway", "state_store", staging_key(entity)},
-        description=(
-            f"Publishes to the gateway catalogue the staged {name} whose content changed since the"
-            " gateway accepted them (and a full sync's confirmed deletions), in batches of at most 1000,"
-            " follows each batch to COMPLETED or FAILED, and records the sync's outcome."
-        ),
-    )
-    def published(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         gateway: GatewayResource = context.resources.gateway
         state_store: StateStoreResource = context.resources.state_store
+        if set(context.selected_asset_keys) != {staged_key, published_key}:
+            raise dg.Failure(
+                description=f"materialize {staged_key.to_user_string()} and {published_key.to_user_string()} together:"
+                " one sync makes both"
+            )
         state = state_store.store()
-        sync = state.sync_for_run(context.run.run_id)
-        if sync is None or sync.status is not SyncStatus.IN_PROGRESS:
-            raise dg.Failure(description=f"no {entity.value} sync in progress for this run: materialize {name}_staged with it")
-        duckdb: DuckDBResource = getattr(context.resources, staging_key(entity))
-        client = gateway.client()
+        sync = _claim_sync(context, state, entity, config)
+        if sync is None:
+            return
+        sync = state.start_sync(sync.sync_id, run_id=context.run.run_id)
+        context.log.info(
+            f"sync {sync.sync_id}: {sync.mode.value} {entity.value} sync of merchant {sync.merchant_id},"
+            f" {_describe(sync.window)}"
+        )
         try:
-            with duckdb.get_connection() as connection:
-                staging = StagingStore(connection)
-                result = publish_changes(
-                    client, staging, state, entity, sync.sync_id, workers=gateway.workers, progress=context.log.info
-                )
-                batches = state.batches_for_sync(sync.sync_id)
-                num_records = staging.published_count()
-                refused = [str(item.get("id")) for b in batches if b.bulk_operation_type == "UPSERT" for item in b.failed_products]
-                matches = checks.gateway_matches_result(
-                    held=num_records,
-                    staged=staging.staged_count(),
-                    refused=len(refused),
-                    unexplained=staging.unexplained_unpublished(refused),
-                    orphans=staging.orphan_count(),
-                    reported=sum(b.success_count for b in batches if b.batch_status == "COMPLETED"),
-                    marked=result.published + result.deleted,
-                )
+            connection = state_store.registry().connection(sync.merchant_id)
         except Exception as error:
             raise _fail(state, sync.sync_id, error) from error
-        finally:
-            client.close()
-        status = SyncStatus.PARTIAL_SUCCESS if result.failed else SyncStatus.SUCCESS
-        final = state.finish_sync(
-            sync.sync_id, status, num_records=num_records, published=result.published, failed=result.failed,
-            deleted=result.deleted, batches=result.batches, data_pushed=result.data_pushed,
-            error_message=f"the gateway refused {result.failed} items; they go again next sync" if result.failed else None,
-        )
-        context.log.info(
-            f"sync {sync.sync_id} {status.text}: published {result.published}, refused {result.failed},"
-            f" deleted {result.deleted} in {result.batches} batches; the gateway holds {num_records}"
-        )
-        total_seconds = (final.finished_at - final.started_at).total_seconds() if final.started_at else result.seconds
-        return dg.MaterializeResult(
-            metadata={
-                "sync_id": sync.sync_id,
-                "status": f"{status.code} {status.text}",
-                "records_published": result.published,
-                "records_failed": result.failed,
-                "records_deleted": result.deleted,
-                "records_rejected": final.rejected,
-                "batches": result.batches,
-                "num_records": num_records,
-                "publish_seconds": round(result.seconds, 3),
-                "duration_seconds": round(total_seconds, 3),
-                "records_per_second": round(final.fetched / max(total_seconds, 1e-9), 1),
-            },
-            check_results=[
-                matches,
-                checks.batch_failures_result(result, sum(b.batch_status == "FAILED" for b in batches)),
-            ],
-        )
+        with sync_scratch(state, sync) as scratch:
+            staged = _stage(context, product_service, connection, scratch, sync, config)
+            yield _staged_result(staged_key, sync, staged)
+            published = _publish(context, gateway, connection, scratch, sync)
+            yield _published_result(context, published_key, state, scratch, sync, published)
 
-    return [staged, published]
+    return sync_step
+
+
+def _stage(
+    context, product_service: ProductServiceResource, connection, scratch: SyncScratch, sync: SyncRecord, config: SyncConfig
+) -> StageResult:
+    source = product_service.client(connection)
+    try:
+        result = fetch_and_stage(
+            source, scratch, sync.window, full=sync.mode is SyncMode.FULL, allow_deletions=sync.allow_deletions,
+            deletion_share=config.deletion_share, progress=context.log.info,
+        )
+    except Exception as error:
+        raise _fail(scratch.state, sync.sync_id, error) from error
+    finally:
+        source.close()
+    counts = result.counts
+    scratch.state.update_counts(sync.sync_id, fetched=counts.fetched, rejected=counts.rejected)
+    context.log.info(
+        f"staged {counts.valid} valid and {counts.rejected} rejected of {counts.fetched} fetched"
+        f" in {result.pages} pages ({result.fetched_by_id} more fetched by id), {result.seconds:.1f}s;"
+        f" {result.to_delete} to delete"
+    )
+    return result
+
+
+def _staged_result(key: dg.AssetKey, sync: SyncRecord, result: StageResult) -> dg.MaterializeResult:
+    counts = result.counts
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata={
+            "sync_id": sync.sync_id,
+            "mode": sync.mode.value,
+            **_window_metadata(sync.window),
+            "records_fetched": counts.fetched,
+            "records_valid": counts.valid,
+            "records_rejected": counts.rejected,
+            "records_fetched_by_id": result.fetched_by_id,
+            "records_to_delete": result.to_delete,
+            "pages": result.pages,
+            "duration_seconds": round(result.seconds, 3),
+            "records_per_second": round(counts.fetched / max(result.seconds, 1e-9), 1),
+        },
+        check_results=[checks.rejected_share_result(key, result)],
+    )
+
+
+def _publish(context, gateway: GatewayResource, connection, scratch: SyncScratch, sync: SyncRecord) -> PublishResult:
+    client = gateway.client(connection)
+    try:
+        return publish_changes(client, scratch, workers=gateway.workers, progress=context.log.info)
+    except Exception as error:
+        raise _fail(scratch.state, sync.sync_id, error) from error
+    finally:
+        client.close()
+
+
+def _published_result(
+    context, key: dg.AssetKey, state: StateStore, scratch: SyncScratch, sync: SyncRecord, result: PublishResult
+) -> dg.MaterializeResult:
+    num_records = state.count_held(sync.entity_type, merchant=sync.merchant_id)
+    batches = state.batches_for_sync(sync.sync_id)
+    matches = checks.gateway_matches_result(
+        key,
+        scratch.staging.publish_check(full=sync.mode is SyncMode.FULL),
+        held=num_records,
+        reported=sum(b.success_count for b in batches if b.batch_status == "COMPLETED"),
+        marked=result.published + result.deleted,
+    )
+    status = SyncStatus.PARTIAL_SUCCESS if result.failed else SyncStatus.SUCCESS
+    final = state.finish_sync(
+        sync.sync_id, status, num_records=num_records, published=result.published, failed=result.failed,
+        deleted=result.deleted, batches=result.batches, data_pushed=result.data_pushed,
+        error_message=f"the gateway refused {result.failed} items; they go again next sync" if result.failed else None,
+    )
+    context.log.info(
+        f"sync {sync.sync_id} {status.text}: published {result.published}, refused {result.failed},"
+        f" deleted {result.deleted} in {result.batches} batches; the gateway holds {num_records}"
+    )
+    total_seconds = (final.finished_at - final.started_at).total_seconds() if final.started_at else result.seconds
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata={
+            "sync_id": sync.sync_id,
+            "status": f"{status.code} {status.text}",
+            "records_published": result.published,
+            "records_failed": result.failed,
+            "records_deleted": result.deleted,
+            "records_rejected": final.rejected,
+            "batches": result.batches,
+            "num_records": num_records,
+            "publish_seconds": round(result.seconds, 3),
+            "duration_seconds": round(total_seconds, 3),
+            "records_per_second": round(final.fetched / max(total_seconds, 1e-9), 1),
+        },
+        check_results=[matches, checks.batch_failures_result(key, result)],
+    )
 
 
 def _describe(window: Window) -> str:

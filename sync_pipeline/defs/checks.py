@@ -9,6 +9,7 @@ import dagster as dg
 
 from ..domain import EntityType, format_time, utcnow
 from ..pipeline import PublishResult, StageResult
+from ..staging import PublishCheck
 from .resources import StateStoreResource
 
 MAX_REJECTED_SHARE = float(os.environ.get("SYNC_MAX_REJECTED_SHARE", "0.02"))
@@ -43,10 +44,11 @@ def published_check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     ]
 
 
-def rejected_share_result(stage: StageResult) -> dg.AssetCheckResult:
+def rejected_share_result(key: dg.AssetKey, stage: StageResult) -> dg.AssetCheckResult:
     counts = stage.counts
     share = counts.rejected / counts.unique if counts.unique else 0.0
     return dg.AssetCheckResult(
+        asset_key=key,
         check_name=REJECTED_SHARE,
         passed=share <= MAX_REJECTED_SHARE,
         metadata={"rejected": counts.rejected, "records": counts.unique, "share": round(share, 4),
@@ -55,34 +57,39 @@ def rejected_share_result(stage: StageResult) -> dg.AssetCheckResult:
 
 
 def gateway_matches_result(
-    *, held: int, staged: int, refused: int, unexplained: int, orphans: int, reported: int, marked: int
+    key: dg.AssetKey, check: PublishCheck, *, held: int, reported: int, marked: int
 ) -> dg.AssetCheckResult:
-    """Every staged valid record is held by the gateway unless it refused it; the gateway holds
-    nothing the source no longer has; and the gateway's own success counts match ours."""
+    """Every record staged this sync is held by the gateway at that version, unless the gateway
+    refused it or its batch failed (both counted, and owed again); a full sync leaves the gateway
+    holding nothing the source no longer lists; and the gateway's own success counts match ours."""
     return dg.AssetCheckResult(
+        asset_key=key,
         check_name=GATEWAY_MATCHES_STAGING,
-        passed=unexplained == 0 and orphans == 0 and reported == marked,
+        passed=check.unexplained == 0 and check.orphans == 0 and reported == marked,
         metadata={
             "gateway_holds": held,
-            "staged_valid": staged,
-            "refused_this_sync": refused,
-            "staged_never_sent": unexplained,
-            "held_but_gone_from_source": orphans,
+            "staged_valid": check.staged,
+            "held_at_staged_version": check.held_current,
+            "refused_this_sync": check.refused,
+            "in_failed_batches": check.failed,
+            "staged_never_sent": check.unexplained,
+            "held_but_gone_from_source": check.orphans,
             "gateway_reported_applied": reported,
             "recorded_applied": marked,
         },
     )
 
 
-def batch_failures_result(result: PublishResult, failed_batches: int) -> dg.AssetCheckResult:
+def batch_failures_result(key: dg.AssetKey, result: PublishResult) -> dg.AssetCheckResult:
     sent = result.published + result.failed + result.deleted
     share = result.failed / sent if sent else 0.0
     return dg.AssetCheckResult(
+        asset_key=key,
         check_name=BATCH_FAILURES,
-        passed=failed_batches == 0 and share <= MAX_REFUSED_SHARE,
+        passed=result.failed_batches == 0 and share <= MAX_REFUSED_SHARE,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"items_sent": sent, "items_refused": result.failed, "refused_share": round(share, 4),
-                  "failed_batches": failed_batches, "batches": result.batches},
+                  "failed_batches": result.failed_batches, "batches": result.batches},
     )
 
 
@@ -91,21 +98,28 @@ def build_freshness_check(entity: EntityType, published_key: dg.AssetKey) -> dg.
         asset=published_key,
         name=FRESHNESS,
         required_resource_keys={"state_store"},
-        description=f"A {entity.value} sync succeeded within the last {FRESHNESS_HOURS:g} hours, however it was started.",
+        description=f"Every enabled merchant had a {entity.value} sync succeed within the last"
+        f" {FRESHNESS_HOURS:g} hours, however it was started.",
     )
     def freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         state_store: StateStoreResource = context.resources.state_store
-        store = state_store.store()
-        try:
-            last = store.last_successful(entity)
-        finally:
-            store.dispose()
-        age = (utcnow() - last.finished_at) if last else None
+        registry = state_store.registry()
+        last = registry.store.last_success_times(entity)
+        now = utcnow()
+        enabled = [m.merchant_id for m in registry.list() if m.enabled]
+        stale = sorted(
+            (merchant for merchant in enabled
+             if merchant not in last or now - last[merchant] > timedelta(hours=FRESHNESS_HOURS)),
+            key=lambda merchant: last.get(merchant) or now - timedelta(days=36500),
+        )
+        oldest = last.get(stale[0]) if stale else min((last[m] for m in enabled if m in last), default=None)
         return dg.AssetCheckResult(
-            passed=age is not None and age <= timedelta(hours=FRESHNESS_HOURS),
+            passed=not stale,
             metadata={
-                "last_success": format_time(last.finished_at) if last else "never",
-                "age_hours": round(age.total_seconds() / 3600, 2) if age else -1.0,
+                "merchants": len(enabled),
+                "stale_merchants": len(stale),
+                "stale": ", ".join(stale[:20]) + (" …" if len(stale) > 20 else "") if stale else "none",
+                "oldest_last_success": format_time(oldest) if oldest else "never",
                 "limit_hours": FRESHNESS_HOURS,
             },
         )

@@ -1,39 +1,27 @@
-"""Daily partitions: the partition view shows, day by day, which days' changes were synced,
-whichever way the sync was started. Every run carries the partition range its window covers."""
+"""The sync assets are partitioned by merchant: one dynamic partition per merchant in the
+registry. The partitions view lists every merchant with its last sync; a backfill over one
+merchant or all of them launches one run per merchant, its window given in the run config
+(a historic range, latest, or full).
+
+Why not days, or merchants × days: 1,000 merchants × daily partitions since 2025-01-01 is about
+700,000 partitions, seven times what Dagster recommends per asset; merchants alone stay in the
+thousands, and a date range is a property of the run, not of the asset."""
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from collections.abc import Iterable
 
 import dagster as dg
 
-from ..domain import Window, parse_time
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-PARTITIONS_START = os.environ.get("SYNC_PARTITIONS_START", "2025-01-01")
-
-# end_offset=1: today's partition exists, so today's changes can be synced and shown.
-daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
+MERCHANT_PARTITIONS = "merchants"
+merchant_partitions = dg.DynamicPartitionsDefinition(name=MERCHANT_PARTITIONS)
 
 
-def partition_range_tags(window: Window) -> dict[str, str]:
-    """The run tags that label a sync's window with the days it covers.
-
-    A full sync (no window start) is labelled with the day it ran: Dagster records one event
-    per partition per asset, and labelling every day since the first partition would add
-    seconds per hundred days to each full sync. A window reaching before the first partition
-    is labelled from the first one.
-    """
-    first = parse_time(PARTITIONS_START).date()
-    last_day = (window.end - timedelta(microseconds=1)).date()
-    start_day = max(first, last_day if window.start is None else window.start.date())
-    end_day = max(first, last_day)
-    return {RANGE_START_TAG: start_day.isoformat(), RANGE_END_TAG: max(start_day, end_day).isoformat()}
-
-
-def partition_window(context: dg.AssetExecutionContext, now: datetime) -> Window:
-    """The time window of the run's partition range, its end no later than now."""
-    window = context.partition_time_window
-    return Window(window.start, min(window.end, now))
+def ensure_merchant_partitions(instance: dg.DagsterInstance, merchant_ids: Iterable[str]) -> list[str]:
+    """Add the merchants that have no partition yet; returns those added."""
+    wanted = list(dict.fromkeys(merchant_ids))
+    existing = set(instance.get_dynamic_partitions(MERCHANT_PARTITIONS))
+    missing = [merchant_id for merchant_id in wanted if merchant_id not in existing]
+    if missing:
+        instance.add_dynamic_partitions(MERCHANT_PARTITIONS, missing)
+    return missing

@@ -1,4 +1,7 @@
-"""Dagster resources for the outside parties and the state store, configured from the environment."""
+"""Dagster resources for the outside parties and the state store, configured from the environment.
+
+No resource holds a merchant's token: a run asks the registry for its merchant's connection
+when it starts, so no secret ever reaches run config, tags or the UI."""
 
 from __future__ import annotations
 
@@ -7,53 +10,54 @@ import os
 import dagster as dg
 
 from ..gateway import GatewayClient
+from ..merchants import Connection, MerchantRegistry
 from ..settings import DEFAULTS, state_url
 from ..sources import ProductServiceClient
-from ..state import StateStore
+from ..state import StateStore, open_state_store
 
 
 def env_or_default(name: str) -> str | dg.EnvVar:
-    """EnvVar when set (so secrets stay out of the UI), else the CONTRACT §5 default."""
+    """EnvVar when set (so the value stays out of the UI), else the CONTRACT §5 default."""
     return dg.EnvVar(name) if os.environ.get(name) else DEFAULTS[name]
 
 
 class ProductServiceResource(dg.ConfigurableResource):
-    """The merchant's product service (read)."""
+    """A merchant's product service (read); where it is and its token come from the registry."""
 
-    url: str
-    token: str
     page_size: int = 1000
 
-    def client(self) -> ProductServiceClient:
-        return ProductServiceClient(self.url, self.token, page_size=self.page_size)
+    def client(self, connection: Connection) -> ProductServiceClient:
+        return ProductServiceClient(
+            connection.product_service_url, connection.product_service_token, page_size=self.page_size
+        )
 
 
 class GatewayResource(dg.ConfigurableResource):
-    """The gateway catalogue (batch writes)."""
+    """The gateway catalogue (batch writes): one URL for all merchants, told apart by token."""
 
     url: str
-    token: str
     workers: int = 4
 
-    def client(self) -> GatewayClient:
-        return GatewayClient(self.url, self.token, pool_size=max(8, self.workers * 2))
+    def client(self, connection: Connection) -> GatewayClient:
+        return GatewayClient(self.url, connection.gateway_token, pool_size=max(8, self.workers * 2))
 
 
 class StateStoreResource(dg.ConfigurableResource):
-    """The state store: syncs, batches, the per-entity lease and watermark."""
+    """The state store: merchants, syncs, batches, records, the per-(merchant, type) lease."""
 
     url: str
 
     def store(self) -> StateStore:
-        return StateStore(self.url)
+        return open_state_store(self.url)
+
+    def registry(self) -> MerchantRegistry:
+        return MerchantRegistry(self.store())
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
-        "product_service": ProductServiceResource(
-            url=env_or_default("PRODUCT_SERVICE_URL"), token=env_or_default("PRODUCT_SERVICE_TOKEN")
-        ),
-        "gateway": GatewayResource(url=env_or_default("GATEWAY_URL"), token=env_or_default("GATEWAY_TOKEN")),
+        "product_service": ProductServiceResource(),
+        "gateway": GatewayResource(url=env_or_default("GATEWAY_URL")),
         "state_store": StateStoreResource(
             url=dg.EnvVar("SYNC_STATE_URL") if os.environ.get("SYNC_STATE_URL") else state_url()
         ),

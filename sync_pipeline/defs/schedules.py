@@ -1,46 +1,63 @@
-"""The daily latest sync of each entity type, through the same lease as every other way in."""
+"""The daily sync of every merchant in its own hour, and the hourly freshness checks.
 
-
-import os
+A tick only reads: it asks for a run per (merchant, type) due this hour that is not already
+busy, and each run takes its lease when it starts. So evaluating the schedule (a retried tick,
+*Test schedule* in the UI, a preview) never leaves a queued sync behind that no run will pick up."""
 
 import dagster as dg
 
-from ..domain import EntityType, SyncMode, utcnow
-from ..errors import EntityBusy
+from ..domain import EntityType, utcnow
+from ..merchants import MerchantRegistry
+from .partitions import ensure_merchant_partitions
 from .resources import StateStoreResource
-from .runs import close_abandoned, run_tags_for
+from .runs import PARTITION_TAG, scheduled_run_tags
 
-DAILY_CRON = os.environ.get("SYNC_SCHEDULE_CRON", "0 2 * * *")
-TIMEZONE = os.environ.get("SYNC_SCHEDULE_TIMEZONE", "UTC")
+HOURLY_CRON = "0 * * * *"
 FRESHNESS_CRON = "17 * * * *"
+
+
+def daily_sync_requests(registry: MerchantRegistry, entity: EntityType, tick) -> list[dg.RunRequest] | dg.SkipReason:
+    """A latest sync of `entity`, up to the tick, for each enabled merchant due in the tick's hour."""
+    due = registry.due_at(tick.hour)
+    busy = {sync.merchant_id for sync in registry.store.active_syncs() if sync.entity_type is entity}
+    requests = [
+        dg.RunRequest(run_key=f"{merchant}|{entity.value}|{tick.isoformat()}", tags=scheduled_run_tags(merchant, entity, tick))
+        for merchant in due
+        if merchant not in busy
+    ]
+    if not requests:
+        return dg.SkipReason(
+            f"no merchant is due at {tick.hour:02d}:00 UTC" if not due
+            else f"every {entity.value} sync due at {tick.hour:02d}:00 UTC is already queued or running: "
+            + ", ".join(sorted(busy & set(due))[:10])
+        )
+    return requests
 
 
 def build_daily_schedule(entity: EntityType, job) -> dg.ScheduleDefinition:
     def evaluate(context: dg.ScheduleEvaluationContext):
         state_store: StateStoreResource = context.resources.state_store
-        state = state_store.store()
-        try:
-            close_abandoned(state, context.instance, entity)
-            sync_to = min(context.scheduled_execution_time or utcnow(), utcnow())
-            sync = state.enqueue_sync(entity, SyncMode.LATEST, origin="schedule", sync_to=sync_to)
-        except EntityBusy as busy:
-            return dg.SkipReason(f"skipped: {busy}. The next tick syncs from where the last success ended.")
-        except ValueError as error:
-            return dg.SkipReason(f"skipped: {error}")
-        finally:
-            state.dispose()
-        return dg.RunRequest(run_key=sync.sync_id, tags=run_tags_for(sync))
+        tick = min(context.scheduled_execution_time or utcnow(), utcnow())
+        result = daily_sync_requests(state_store.registry(), entity, tick)
+        if isinstance(result, dg.SkipReason):
+            yield result
+            return
+        # A merchant added since the merchant_partitions sensor last ran gets its partition now:
+        # a run request for a partition that does not exist would fail the whole tick.
+        ensure_merchant_partitions(context.instance, [request.tags[PARTITION_TAG] for request in result])
+        yield from result
 
     return dg.ScheduleDefinition(
         name=f"daily_{entity.plural}_sync",
-        cron_schedule=DAILY_CRON,
-        execution_timezone=TIMEZONE,
+        cron_schedule=HOURLY_CRON,
+        execution_timezone="UTC",
         job=job,
         execution_fn=evaluate,
         required_resource_keys={"state_store"},
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"A latest {entity.value} sync every day ({DAILY_CRON}, {TIMEZONE}); skipped, with the"
-        " reason, while a sync of the type is queued or running.",
+        description=f"Every hour, a latest {entity.value} sync, up to the tick, of each enabled merchant whose"
+        " syncHourUtc it is (default 02:00 UTC); a merchant whose sync of the type is already queued or"
+        " running is skipped.",
     )
 
 

@@ -1,10 +1,12 @@
-"""The sensor that turns queued sync requests (from the Sync API) into runs, one per sync."""
+"""Sensors: queued sync requests (from the Sync API) become runs, one per sync; and every merchant
+in the registry has its partition, so the UI lists it and its runs can be launched."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from ..domain import EntityType, SyncStatus
+from .partitions import MERCHANT_PARTITIONS, ensure_merchant_partitions
 from .resources import StateStoreResource
 from .runs import close_abandoned, run_tags_for
 
@@ -31,20 +33,45 @@ def build_sync_requests_sensor(jobs: list) -> dg.SensorDefinition:
 def sync_requests(context: dg.SensorEvaluationContext):
     state_store: StateStoreResource = context.resources.state_store
     state = state_store.store()
-    try:
-        for abandoned in close_abandoned(state, context.instance):
-            context.log.warning(f"closed sync {abandoned.sync_id} as Abandoned: {abandoned.error_message}")
-        queued = [
-            sync for sync in state.active_syncs()
-            if sync.status is SyncStatus.QUEUED and sync.origin in LAUNCHED_BY_SENSOR
-        ]
-    finally:
-        state.dispose()
+    for abandoned in close_abandoned(state, context.instance):
+        context.log.warning(f"closed sync {abandoned.sync_id} as Abandoned: {abandoned.error_message}")
+    queued = [
+        sync for sync in state.active_syncs()
+        if sync.status is SyncStatus.QUEUED and sync.origin in LAUNCHED_BY_SENSOR
+    ]
     if not queued:
         return dg.SkipReason("no queued sync requests")
+    # A merchant added since the merchant_partitions sensor last ran gets its partition first.
+    ensure_merchant_partitions(context.instance, [sync.merchant_id for sync in queued])
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(run_key=sync.sync_id, job_name=job_name(sync.entity_type), tags=run_tags_for(sync))
             for sync in queued
         ]
     )
+
+
+def _missing_partitions(context: dg.SensorEvaluationContext, merchant_ids: list[str]) -> list:
+    existing = set(context.instance.get_dynamic_partitions(MERCHANT_PARTITIONS))
+    missing = [merchant_id for merchant_id in merchant_ids if merchant_id not in existing]
+    return [dg.AddDynamicPartitionsRequest(MERCHANT_PARTITIONS, missing)] if missing else []
+
+
+def build_merchant_partitions_sensor() -> dg.SensorDefinition:
+    @dg.sensor(
+        name="merchant_partitions",
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={"state_store"},
+        description="Adds a partition for every merchant in the registry (CLI or operator API), so the UI lists"
+        " it; a disabled merchant keeps its partition and its history.",
+    )
+    def merchant_partitions(context: dg.SensorEvaluationContext):
+        state_store: StateStoreResource = context.resources.state_store
+        merchants = [merchant.merchant_id for merchant in state_store.registry().list()]
+        requests = _missing_partitions(context, merchants)
+        if not requests:
+            return dg.SkipReason(f"all {len(merchants)} merchants have their partition")
+        return dg.SensorResult(dynamic_partitions_requests=requests)
+
+    return merchant_partitions

@@ -91,7 +91,7 @@ class ProductServiceClient:
                 continue
             except requests.RequestException as error:
                 raise SourceError(f"{where}: product service unreachable ({_root_cause(error)})") from error
-            if missing_ok and response.status_code == 404:
+            if missing_ok and _is_entity_not_found(response):
                 return None
             self._raise_for_status(response, url)
             try:
@@ -107,6 +107,18 @@ class ProductServiceClient:
             return
         detail = describe_error_body(response)
         raise SourceError(f"{url}: HTTP {response.status_code} from the product service: {detail}")
+
+
+def _is_entity_not_found(response: requests.Response) -> bool:
+    """A 404 that says the record does not exist (CONTRACT §2: an `entity-not-found` problem), as
+    opposed to a 404 for a wrong URL, which must never count as a confirmed deletion."""
+    if response.status_code != 404:
+        return False
+    try:
+        problem = response.json()
+    except ValueError:
+        return False
+    return isinstance(problem, dict) and str(problem.get("type", "")).endswith("entity-not-found")
 
 
 def _root_cause(error: BaseException) -> str:

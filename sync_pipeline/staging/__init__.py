@@ -1,6 +1,9 @@
-"""DuckDB staging: load pages in bulk, dedupe, validate, diff against what the gateway accepted."""
+"""DuckDB scratch of one sync: load pages in bulk, dedupe, validate, diff against what the gateway holds."""
 
 from .records import PageRows, rejection_reason, to_rows
-from .store import ChangedRecord, StagingStore, StageCounts
+from .store import ChangedRecord, Outcome, PublishCheck, StageCounts, StagingStore, connect_scratch
 
-__all__ = ["ChangedRecord", "PageRows", "StageCounts", "StagingStore", "rejection_reason", "to_rows"]
+__all__ = [
+    "ChangedRecord", "Outcome", "PageRows", "PublishCheck", "StageCounts", "StagingStore", "connect_scratch",
+    "rejection_reason", "to_rows",
+]

@@ -1,46 +1,68 @@
-"""The DuckDB staging file of one entity type.
+"""The DuckDB scratch of one sync: load the listing in bulk, dedupe, validate, and diff it against
+what the gateway holds. Everything here lives for one run; what must outlast it is read from
+and written back to the state store as CSV (see state/records.py).
 
 Tables:
-  fetched    what the current sync listed, as loaded (one row per record seen, duplicates too);
-             a temporary table: it needs no durability, so it costs no write-ahead log or checkpoint
-  staged     the latest valid version of every live record known: the source's image
-  published  what the gateway accepted: id and content hash, so only changes are sent
-  accepted   what the gateway accepted in the batches of the sync under way, appended per batch
-             and folded into `published` in one set operation (content_hash NULL: deleted)
-  to_delete  records a full sync found gone from the source (confirmed by a 404), to delete
-  rejected   every invalid record seen, with its raw JSON, the reason and the sync
+  fetched   what this sync listed (and fetched by id), as loaded: one row per record seen,
+            duplicates too; a temporary table, so transient rows cost no write-ahead log
+  known     the state store's rows for this (merchant, type) that this sync touches: the last
+            valid version seen at the source, what the gateway holds, refusals, deletions, and
+            `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
+            Rows this sync changes are marked `dirty` and written back by `dirty_to_csv`.
+  outcomes  what the gateway said about each item sent, appended per batch and folded into
+            `known` in one set operation (then kept in `settled` for the sync's checks)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from .records import PageRows
 
-SCHEMA = """
-DROP TABLE IF EXISTS main.fetched;
+PENDING_PUBLISH, PENDING_DELETE = 1, 2
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # UTC, as the state store's CSV files carry times
+
+# The state store's record columns (state/records.py COLUMNS), with their DuckDB types.
+KNOWN_COLUMNS: dict[str, str] = {
+    "record_id": "VARCHAR",
+    "source_hash": "VARCHAR",
+    "source_updated_at": "TIMESTAMPTZ",
+    "source_sync_id": "VARCHAR",
+    "source_seen_at": "TIMESTAMPTZ",
+    "rejected_reason": "VARCHAR",
+    "rejected_at": "TIMESTAMPTZ",
+    "held_hash": "VARCHAR",
+    "held_batch_id": "VARCHAR",
+    "held_at": "TIMESTAMPTZ",
+    "refused_hash": "VARCHAR",
+    "refused_reason": "VARCHAR",
+    "refused_at": "TIMESTAMPTZ",
+    "refused_times": "INTEGER",
+    "gone_at": "TIMESTAMPTZ",
+    "deleted_batch_id": "VARCHAR",
+    "deleted_at": "TIMESTAMPTZ",
+    "pending": "SMALLINT",
+}
+
+SCHEMA = f"""
+SET TimeZone = 'UTC';
 CREATE TEMP TABLE IF NOT EXISTS fetched (
     seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR, content_hash VARCHAR
 );
-CREATE TABLE IF NOT EXISTS staged (
-    id VARCHAR NOT NULL, updated_at TIMESTAMPTZ, raw VARCHAR NOT NULL,
-    content_hash VARCHAR NOT NULL, sync_id VARCHAR
+CREATE TABLE IF NOT EXISTS known (
+    {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false
 );
-CREATE TABLE IF NOT EXISTS published (
-    id VARCHAR NOT NULL, content_hash VARCHAR NOT NULL, sync_id VARCHAR, published_at TIMESTAMPTZ
+CREATE TEMP TABLE IF NOT EXISTS outcomes (
+    id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
 );
-CREATE TABLE IF NOT EXISTS accepted (
-    id VARCHAR NOT NULL, content_hash VARCHAR, sync_id VARCHAR
-);
-CREATE TABLE IF NOT EXISTS to_delete (
-    id VARCHAR NOT NULL, content_hash VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    sync_id VARCHAR, id VARCHAR, raw VARCHAR, reason VARCHAR, rejected_at TIMESTAMPTZ
+CREATE TEMP TABLE IF NOT EXISTS settled (
+    id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
 );
 """
 
@@ -53,8 +75,17 @@ FETCHED_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-ACCEPTED_FLUSH_ROWS = 20_000
-SLICE_ROWS = 50_000  # changed records sorted at a time before publishing
+OUTCOMES_FLUSH_ROWS = 20_000
+SLICE_ROWS = 20_000  # changed records sorted (and held in memory) at a time before publishing
+
+
+class Outcome:
+    """What the gateway did with an item: the `kind` column of `outcomes`."""
+
+    HELD = "held"  # applied: the gateway holds this version
+    REFUSED = "refused"  # refused per item, with the gateway's reason
+    FAILED = "failed"  # its batch ended FAILED or was never settled: nothing applied
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True)
@@ -77,33 +108,85 @@ class ChangedRecord:
         return f"{self.id}:{self.published_hash}:{self.content_hash}"
 
 
+@dataclass(frozen=True)
+class PublishCheck:
+    """After publishing: does the gateway hold what this sync staged?"""
+
+    staged: int  # valid records of this sync
+    held_current: int  # of those, held by the gateway at the version staged
+    refused: int  # refused per item this sync (or parked)
+    failed: int  # in batches that failed this sync
+    unexplained: int  # neither held, refused nor failed: they were never sent
+    orphans: int  # full syncs: held but no longer listed, and not deleted
+
+
+def connect_scratch(path: Path, *, memory_limit: str = "128MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """A DuckDB file for one run. DuckDB would otherwise take 80 % of the machine's memory as
+    cache; it spills to disk beyond `memory_limit` instead, so memory stays flat in catalogue size."""
+    return duckdb.connect(
+        str(path),
+        config={"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False},
+    )
+
+
 class StagingStore:
     def __init__(self, connection: duckdb.DuckDBPyConnection):
         self.db = connection
         self.db.execute(SCHEMA)
-        self._accepted: tuple[list, list, list] = ([], [], [])
+        self._outcomes: tuple[list, list, list, list, list] = ([], [], [], [], [])
 
     def _scalar(self, sql: str, params: list | None = None):
         # fetchall, not fetchone: a result left unfinished blocks the connection's next call.
         return self.db.execute(sql, params or []).fetchall()[0][0]
 
-    # --- fetch -------------------------------------------------------------------------
-    def begin_fetch(self) -> None:
-        self.db.execute("DELETE FROM fetched")
-        self.db.execute("DELETE FROM to_delete")
+    # --- what the state store knows ------------------------------------------------------
+    def load_known(self, csv_path: Path) -> None:
+        """Add the state store's rows (a CSV file with the KNOWN_COLUMNS and a header)."""
+        self.db.execute(
+            "INSERT INTO known SELECT *, false FROM read_csv(?, header = true, auto_detect = false, delim = ',',"
+            f" quote = '\"', escape = '\"', new_line = '\\n', nullstr = '', columns = {KNOWN_COLUMNS!r})",
+            [str(csv_path)],
+        )
 
+    def dirty_to_csv(self, csv_path: Path) -> int:
+        """Write the rows this sync changed since the last call (for the state store), and
+        forget that they were changed. Returns how many."""
+        count = self._scalar("SELECT count(*) FROM known WHERE dirty")
+        if not count:
+            return 0
+        columns = ", ".join(
+            f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
+            for name, kind in KNOWN_COLUMNS.items()
+        )
+        self.db.execute(
+            f"COPY (SELECT {columns} FROM known WHERE dirty) TO '{_sql_path(csv_path)}' (HEADER, DELIMITER ',')"
+        )
+        self.db.execute("UPDATE known SET dirty = false WHERE dirty")
+        return count
+
+    def fetched_ids(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT DISTINCT id FROM fetched WHERE id IS NOT NULL").fetchall()]
+
+    def pending_not_fetched(self) -> list[str]:
+        """Records the gateway is owed a version of that this sync did not list: fetched by id."""
+        return [
+            row[0]
+            for row in self.db.execute(
+                f"""
+                SELECT record_id FROM known
+                WHERE pending = {PENDING_PUBLISH} AND record_id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)
+                ORDER BY record_id
+                """
+            ).fetchall()
+        ]
+
+    # --- fetch -------------------------------------------------------------------------
     def load_rows(self, rows: PageRows) -> None:
         """Bulk-load a chunk of rows through Arrow: one INSERT per chunk, never per row."""
         if not len(rows):
             return
         chunk = pa.Table.from_pydict(
-            {
-                "seq": rows.seq,
-                "id": rows.id,
-                "updated_at": rows.updated_at,
-                "raw": rows.raw,
-                "reason": rows.reason,
-            },
+            {"seq": rows.seq, "id": rows.id, "updated_at": rows.updated_at, "raw": rows.raw, "reason": rows.reason},
             schema=FETCHED_SCHEMA,
         )
         self.db.register("incoming_chunk", chunk)
@@ -116,12 +199,10 @@ class StagingStore:
             self.db.unregister("incoming_chunk")
 
     # --- stage -------------------------------------------------------------------------
-    def stage_fetched(self, sync_id: str, *, full: bool) -> StageCounts:
-        """Dedupe `fetched` (latest updatedAt wins), keep rejects, merge valid rows into `staged`.
-
-        A full sync replaces the image with what was listed; a record listed but rejected
-        keeps its earlier valid version, so it is neither republished nor deleted.
-        """
+    def stage_fetched(self, sync_id: str, *, now: datetime, park_after: int | None = None) -> StageCounts:
+        """Dedupe `fetched` (latest updatedAt wins) and fold what the source showed into `known`:
+        new versions, records that became invalid (their last valid version is kept) or valid
+        again, records that came back. Then say for each what the gateway is owed."""
         db = self.db
         fetched = self._scalar("SELECT count(*) FROM fetched")
         db.execute("BEGIN")
@@ -142,28 +223,33 @@ class StagingStore:
                 """
             )
             db.execute(
-                "INSERT INTO rejected SELECT ?, id, raw, reason, now() FROM fetched WHERE reason IS NOT NULL",
-                [sync_id],
+                "INSERT INTO known (record_id, refused_times, pending, dirty)"
+                " SELECT f.id, 0, 0, true FROM fetched f"
+                " WHERE f.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM known k WHERE k.record_id = f.id)"
             )
             # Only what changed is written: an unchanged catalogue rewrites nothing.
             db.execute(
                 """
-                DELETE FROM staged WHERE id IN (
-                    SELECT f.id FROM fetched f JOIN staged s USING (id)
-                    WHERE f.reason IS NULL AND f.content_hash <> s.content_hash
-                )
-                """
+                UPDATE known SET source_hash = f.content_hash, source_updated_at = f.updated_at,
+                    source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
+                    gone_at = NULL, dirty = true
+                FROM fetched f
+                WHERE f.id = known.record_id AND f.reason IS NULL
+                  AND (known.source_hash IS DISTINCT FROM f.content_hash OR known.rejected_reason IS NOT NULL
+                       OR known.gone_at IS NOT NULL)
+                """,
+                [sync_id, now],
             )
-            if full:  # gone from the listing: no longer part of the source's image
-                db.execute("DELETE FROM staged WHERE id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)")
             db.execute(
                 """
-                INSERT INTO staged
-                SELECT f.id, f.updated_at, f.raw, f.content_hash, ? FROM fetched f
-                WHERE f.reason IS NULL AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.id = f.id)
+                UPDATE known SET rejected_reason = f.reason, rejected_at = ?, gone_at = NULL, dirty = true
+                FROM fetched f
+                WHERE f.id = known.record_id AND f.reason IS NOT NULL
+                  AND (known.rejected_reason IS DISTINCT FROM f.reason OR known.gone_at IS NOT NULL)
                 """,
-                [sync_id],
+                [now],
             )
+            self._settle_pending(park_after)
             [(unique, valid)] = db.execute(
                 "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM fetched"
             ).fetchall()
@@ -173,12 +259,67 @@ class StagingStore:
             raise
         return StageCounts(fetched=fetched, unique=unique, valid=valid, rejected=unique - valid)
 
+    def _settle_pending(self, park_after: int | None) -> None:
+        """`pending` from the rest of the row: a confirmed deletion of something held is owed
+        as a delete; a valid version the gateway does not hold (and has not parked) as a publish."""
+        parked = "false" if park_after is None else f"(refused_hash = source_hash AND refused_times >= {int(park_after)})"
+        self.db.execute(
+            f"""
+            UPDATE known SET pending = new_pending, dirty = true FROM (
+                SELECT record_id AS rid, CASE
+                    WHEN gone_at IS NOT NULL THEN CASE WHEN held_hash IS NOT NULL THEN {PENDING_DELETE} ELSE 0 END
+                    WHEN source_hash IS NOT NULL AND rejected_reason IS NULL
+                         AND source_hash IS DISTINCT FROM held_hash AND NOT {parked} THEN {PENDING_PUBLISH}
+                    ELSE 0 END AS new_pending
+                FROM known
+            ) WHERE rid = record_id AND pending IS DISTINCT FROM new_pending
+            """
+        )
+
+    def rejected_rows(self) -> list[tuple[str | None, str, str]]:
+        """(id, reason, raw JSON) of every invalid record this sync saw."""
+        return self.db.execute("SELECT id, reason, raw FROM fetched WHERE reason IS NOT NULL ORDER BY seq").fetchall()
+
+    # --- deletions -----------------------------------------------------------------------
+    def deletion_candidates(self) -> list[tuple[str, bool]]:
+        """(id, held) of records a full listing no longer shows that the gateway holds or is
+        owed: each must be confirmed gone (404) before anything is deleted."""
+        return self.db.execute(
+            f"""
+            SELECT record_id, held_hash IS NOT NULL FROM known
+            WHERE gone_at IS NULL AND (held_hash IS NOT NULL OR pending = {PENDING_PUBLISH})
+              AND record_id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)
+            ORDER BY record_id
+            """
+        ).fetchall()
+
+    def mark_gone(self, ids: list[str], now: datetime, park_after: int | None = None) -> None:
+        """Records the source confirmed gone: deleted from the gateway if it holds them."""
+        if not ids:
+            return
+        self.db.register("gone_ids", pa.table({"id": pa.array(ids, pa.string())}))
+        try:
+            self.db.execute(
+                "UPDATE known SET gone_at = ?, dirty = true WHERE record_id IN (SELECT id FROM gone_ids)", [now]
+            )
+        finally:
+            self.db.unregister("gone_ids")
+        self._settle_pending(park_after)
+
+    def held_count(self) -> int:
+        return self._scalar("SELECT count(*) FROM known WHERE held_hash IS NOT NULL")
+
+    def pending_deletions(self) -> list[tuple[str, str]]:
+        return self.db.execute(
+            f"SELECT record_id, held_hash FROM known WHERE pending = {PENDING_DELETE} ORDER BY record_id"
+        ).fetchall()
+
     # --- diff --------------------------------------------------------------------------
     def count_changed(self) -> int:
         return self._scalar(f"SELECT count(*) {_CHANGED_FROM}")
 
     def changed_since_publish(self, chunk_size: int) -> Iterator[list[ChangedRecord]]:
-        """Staged records whose content differs from what the gateway accepted, in id order.
+        """Records fetched this sync whose version the gateway is owed, in id order.
 
         The order makes batches the same after a crash (same content, same idempotency key).
         Sorting the whole catalogue's JSON at once would not fit DuckDB's memory limit, so the
@@ -190,144 +331,135 @@ class StagingStore:
         bounds: list[str] = []
         if slices > 1:
             cuts = [i / slices for i in range(1, slices)]
-            [(bounds,)] = self.db.execute(f"SELECT quantile_disc(s.id, {cuts}) {_CHANGED_FROM}").fetchall()
+            [(bounds,)] = self.db.execute(f"SELECT quantile_disc(f.id, {cuts}) {_CHANGED_FROM}").fetchall()
             bounds = sorted(set(bounds))
         edges = [None, *bounds, None]
-        cursor = self.db.cursor()
         chunk: list[ChangedRecord] = []
-        try:
-            for low, high in zip(edges, edges[1:]):
-                where, params = "", []
-                if low is not None:
-                    where, params = where + " AND s.id >= ?", params + [low]
-                if high is not None:
-                    where, params = where + " AND s.id < ?", params + [high]
-                cursor.execute(
-                    f"SELECT s.id, s.raw, s.content_hash, p.content_hash {_CHANGED_FROM} {where} ORDER BY s.id", params
-                )
-                while rows := cursor.fetchmany(chunk_size - len(chunk)):
-                    chunk += [ChangedRecord(*row) for row in rows]
-                    if len(chunk) == chunk_size:
-                        yield chunk
-                        chunk = []
-            if chunk:
-                yield chunk
-        finally:
-            cursor.close()
-
-    def deletion_candidates(self) -> list[tuple[str, str]]:
-        """(id, hash) of records the gateway holds that the last full listing did not list."""
-        return self.db.execute(
-            """
-            SELECT id, content_hash FROM published
-            WHERE id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)
-            ORDER BY id
-            """
-        ).fetchall()
-
-    def set_deletions(self, records: list[tuple[str, str]]) -> None:
-        self.db.execute("DELETE FROM to_delete")
-        if records:
-            table = pa.table({"id": [r[0] for r in records], "content_hash": [r[1] for r in records]})
-            self.db.register("deletions_chunk", table)
-            try:
-                self.db.execute("INSERT INTO to_delete SELECT * FROM deletions_chunk")
-            finally:
-                self.db.unregister("deletions_chunk")
-
-    def pending_deletions(self) -> list[tuple[str, str]]:
-        return self.db.execute("SELECT id, content_hash FROM to_delete ORDER BY id").fetchall()
+        for low, high in zip(edges, edges[1:]):
+            where, params = "", []
+            if low is not None:
+                where, params = where + " AND f.id >= ?", params + [low]
+            if high is not None:
+                where, params = where + " AND f.id < ?", params + [high]
+            # The whole slice is read before the first chunk is yielded: the caller records
+            # outcomes on this connection between chunks, which would end an open result.
+            rows = self.db.execute(
+                f"SELECT f.id, f.raw, f.content_hash, k.held_hash {_CHANGED_FROM} {where} ORDER BY f.id", params
+            ).fetchall()
+            for row in rows:
+                chunk.append(ChangedRecord(*row))
+                if len(chunk) == chunk_size:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
 
     # --- outcome -------------------------------------------------------------------------
-    def mark_published(self, records: list[ChangedRecord], sync_id: str) -> None:
-        """Note records the gateway accepted (cheap, append-only); `fold_accepted` applies them."""
-        self._append_accepted([r.id for r in records], [r.content_hash for r in records], sync_id)
-
-    def mark_deleted(self, ids: list[str], sync_id: str | None = None) -> None:
-        """Note records the gateway deleted; `fold_accepted` applies them."""
-        self._append_accepted(ids, [None] * len(ids), sync_id)
-
-    def _append_accepted(self, ids: list[str], hashes: list[str | None], sync_id: str | None) -> None:
+    def record_outcomes(
+        self, kind: str, ids: list[str], hashes: list[str | None], batch_id: str | None, reasons: list[str | None]
+    ) -> None:
+        """Note what the gateway did with these items (cheap, append-only); `fold_outcomes`
+        applies them to `known`."""
         # Buffered and written in large chunks. Losing the buffer in a crash loses nothing:
         # the next sync sends those items again under the same keys, and the gateway replays.
-        buffered_ids, buffered_hashes, buffered_syncs = self._accepted
-        buffered_ids += ids
-        buffered_hashes += hashes
-        buffered_syncs += [sync_id] * len(ids)
-        if len(buffered_ids) >= ACCEPTED_FLUSH_ROWS:
-            self._flush_accepted()
+        buffered = self._outcomes
+        buffered[0].extend(ids)
+        buffered[1].extend([kind] * len(ids))
+        buffered[2].extend(hashes)
+        buffered[3].extend([batch_id] * len(ids))
+        buffered[4].extend(reasons)
+        if len(buffered[0]) >= OUTCOMES_FLUSH_ROWS:
+            self._flush_outcomes()
 
-    def _flush_accepted(self) -> None:
-        ids, hashes, sync_ids = self._accepted
+    def _flush_outcomes(self) -> None:
+        ids, kinds, hashes, batch_ids, reasons = self._outcomes
         if not ids:
             return
         table = pa.table(
-            {"id": pa.array(ids, pa.string()), "content_hash": pa.array(hashes, pa.string()),
-             "sync_id": pa.array(sync_ids, pa.string())}
+            {
+                "id": pa.array(ids, pa.string()),
+                "kind": pa.array(kinds, pa.string()),
+                "content_hash": pa.array(hashes, pa.string()),
+                "batch_id": pa.array(batch_ids, pa.string()),
+                "reason": pa.array(reasons, pa.string()),
+            }
         )
-        self.db.register("accepted_chunk", table)
+        self.db.register("outcomes_chunk", table)
         try:
-            self.db.execute("INSERT INTO accepted SELECT id, content_hash, sync_id FROM accepted_chunk")
+            self.db.execute("INSERT INTO outcomes SELECT * FROM outcomes_chunk")
         finally:
-            self.db.unregister("accepted_chunk")
-        self._accepted = ([], [], [])
+            self.db.unregister("outcomes_chunk")
+        self._outcomes = ([], [], [], [], [])
 
-    def fold_accepted(self) -> None:
-        """Apply everything the gateway accepted to `published` (and deletions to the image), in
-        one transaction. Rows left by a sync that died are folded by the next one: the gateway
-        did apply them."""
-        self._flush_accepted()
+    def fold_outcomes(self, now: datetime, park_after: int | None = None) -> None:
+        """Apply the buffered outcomes to `known` in one transaction: what the gateway now
+        holds, refused (counting refusals of the same version in a row) or deleted."""
+        self._flush_outcomes()
         db = self.db
         db.execute("BEGIN")
         try:
-            db.execute("DELETE FROM published WHERE id IN (SELECT id FROM accepted)")
             db.execute(
-                """
-                INSERT INTO published
-                SELECT id, last(content_hash ORDER BY rowid), last(sync_id ORDER BY rowid), now()
-                FROM (SELECT rowid, * FROM accepted) GROUP BY id
-                HAVING last(content_hash ORDER BY rowid) IS NOT NULL
-                """
+                f"""
+                UPDATE known SET held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?,
+                    refused_hash = NULL, refused_reason = NULL, refused_at = NULL, refused_times = 0, dirty = true
+                FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.HELD}'
+                """,
+                [now],
             )
-            gone = "SELECT id FROM accepted WHERE content_hash IS NULL"
-            db.execute(f"DELETE FROM staged WHERE id IN ({gone})")
-            db.execute(f"DELETE FROM to_delete WHERE id IN ({gone})")
-            db.execute("DELETE FROM accepted")
+            db.execute(
+                f"""
+                UPDATE known SET refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,
+                    refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?, dirty = true
+                FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.REFUSED}'
+                """,
+                [now],
+            )
+            db.execute(
+                f"""
+                UPDATE known SET held_hash = NULL, held_batch_id = NULL, held_at = NULL,
+                    deleted_batch_id = o.batch_id, deleted_at = ?, dirty = true
+                FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.DELETED}'
+                """,
+                [now],
+            )
+            db.execute("INSERT INTO settled SELECT * FROM outcomes")
+            db.execute("DELETE FROM outcomes")
+            self._settle_pending(park_after)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def unexplained_unpublished(self, refused_ids: list[str]) -> int:
-        """Staged records the gateway never accepted and did not refuse: they were not sent."""
-        table = pa.table({"id": pa.array(refused_ids, pa.string())})
-        self.db.register("refused_ids", table)
-        try:
-            return self._scalar("""
-                SELECT count(*) FROM staged s
-                WHERE NOT EXISTS (SELECT 1 FROM published p WHERE p.id = s.id)
-                  AND s.id NOT IN (SELECT id FROM refused_ids)
-                """)
-        finally:
-            self.db.unregister("refused_ids")
-
-    def orphan_count(self) -> int:
-        """Records the gateway holds that are not in the source's image (unconfirmed deletions)."""
-        return self._scalar("SELECT count(*) FROM published WHERE id NOT IN (SELECT id FROM staged)")
-
-    def published_count(self) -> int:
-        return self._scalar("SELECT count(*) FROM published")
-
-    def staged_count(self) -> int:
-        return self._scalar("SELECT count(*) FROM staged")
-
-    def rejected_for_sync(self, sync_id: str) -> list[tuple[str | None, str, str]]:
-        return self.db.execute(
-            "SELECT id, reason, raw FROM rejected WHERE sync_id = ? ORDER BY id", [sync_id]
+    def publish_check(self, *, full: bool) -> PublishCheck:
+        """Count, for the records staged this sync, where each ended up."""
+        [(staged, held_current, refused, failed, unexplained)] = self.db.execute(
+            f"""
+            SELECT count(*),
+                   count(*) FILTER (WHERE k.held_hash = f.content_hash),
+                   count(*) FILTER (WHERE k.held_hash IS DISTINCT FROM f.content_hash
+                                    AND (s.kind = '{Outcome.REFUSED}' OR k.pending = 0)),
+                   count(*) FILTER (WHERE k.held_hash IS DISTINCT FROM f.content_hash AND s.kind = '{Outcome.FAILED}'),
+                   count(*) FILTER (WHERE k.held_hash IS DISTINCT FROM f.content_hash AND k.pending <> 0
+                                    AND s.kind IS NULL)
+            FROM fetched f JOIN known k ON k.record_id = f.id
+            LEFT JOIN (SELECT id, last(kind ORDER BY rowid) AS kind FROM settled GROUP BY id) s ON s.id = f.id
+            WHERE f.reason IS NULL
+            """
         ).fetchall()
+        orphans = 0
+        if full:
+            orphans = self._scalar(
+                "SELECT count(*) FROM known WHERE held_hash IS NOT NULL"
+                " AND record_id NOT IN (SELECT id FROM fetched WHERE id IS NOT NULL)"
+            )
+        return PublishCheck(staged, held_current, refused, failed, unexplained, orphans)
 
 
-_CHANGED_FROM = """
-FROM staged s LEFT JOIN published p USING (id)
-WHERE p.content_hash IS DISTINCT FROM s.content_hash
+_CHANGED_FROM = f"""
+FROM fetched f JOIN known k ON k.record_id = f.id
+WHERE f.reason IS NULL AND k.pending = {PENDING_PUBLISH} AND k.source_hash = f.content_hash
 """
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")

@@ -1,5 +1,5 @@
-"""The state store (SQLAlchemy): syncs, batches, the per-entity lease and watermark."""
+"""The state store (SQLAlchemy): merchants, syncs, batches, records, the per-(merchant, type) lease."""
 
-from .store import BatchRecord, StateStore, SyncRecord
+from .store import BatchRecord, StateStore, SyncRecord, open_state_store
 
-__all__ = ["BatchRecord", "StateStore", "SyncRecord"]
+__all__ = ["BatchRecord", "StateStore", "SyncRecord", "open_state_store"]

@@ -1,21 +1,28 @@
-"""Tables of the state store, and the code that creates and upgrades them."""
+"""Tables of the state store, and the code that creates and upgrades them.
+
+Everything a sync needs from earlier syncs lives here, keyed by merchant: the syncs and their
+lease, the batches, and `records`, one row per (merchant, type, record id) saying what the
+source last showed and what the gateway holds. A run needs nothing else: its DuckDB file is
+scratch."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from ..domain import ACTIVE_STATUSES, SUCCESS_STATUSES
+from ..domain import ACTIVE_STATUSES, DEFAULT_MERCHANT, SUCCESS_STATUSES
 
 metadata = sa.MetaData()
 
-# The codes a sync has while it holds its entity type's lease, and once it has succeeded.
+# The codes a sync has while it holds its (merchant, type) lease, and once it has succeeded.
 ACTIVE_CODES = tuple(sorted(status.code for status in ACTIVE_STATUSES))
 SUCCESS_CODES = tuple(sorted(status.code for status in SUCCESS_STATUSES))
+MERCHANT_ID = sa.String(40)
 
 syncs = sa.Table(
     "syncs",
     metadata,
     sa.Column("sync_id", sa.String(64), primary_key=True),
+    sa.Column("merchant_id", MERCHANT_ID, nullable=False, server_default=DEFAULT_MERCHANT),
     sa.Column("entity_type", sa.String(16), nullable=False),
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("requested_mode", sa.String(16), nullable=False),
@@ -43,15 +50,17 @@ syncs = sa.Table(
     # so a sync whose process died can be told from one still running.
     sa.Column("worker_host", sa.String(255)),
     sa.Column("worker_pid", sa.Integer),
-    # The lease: at most one queued or running sync per entity type, enforced by the database.
+    # The lease: at most one queued or running sync per (merchant, type), enforced by the database.
     sa.Index(
-        "one_active_sync_per_entity",
+        "one_active_sync_per_merchant_entity",
+        "merchant_id",
         "entity_type",
         unique=True,
         sqlite_where=sa.text(f"status_code IN {ACTIVE_CODES}"),
         postgresql_where=sa.text(f"status_code IN {ACTIVE_CODES}"),
     ),
-    sa.Index("syncs_by_entity_time", "entity_type", "requested_at"),
+    sa.Index("syncs_by_merchant_entity_time", "merchant_id", "entity_type", "requested_at"),
+    sa.Index("syncs_by_time", "requested_at"),
     sa.Index("syncs_by_run", "run_id"),
 )
 
@@ -60,6 +69,7 @@ batches = sa.Table(
     metadata,
     sa.Column("batch_id", sa.String(128), primary_key=True),
     sa.Column("sync_id", sa.String(64), sa.ForeignKey("syncs.sync_id"), nullable=False),
+    sa.Column("merchant_id", MERCHANT_ID, nullable=False, server_default=DEFAULT_MERCHANT),
     sa.Column("entity_type", sa.String(16), nullable=False),
     sa.Column("bulk_operation_type", sa.String(16), nullable=False),
     sa.Column("idempotency_key", sa.String(128), nullable=False),
@@ -72,6 +82,86 @@ batches = sa.Table(
     sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Index("batches_by_sync", "sync_id"),
+    sa.Index("batches_by_key", "idempotency_key"),
+)
+
+# One row per record a sync has seen, per (merchant, type): the source's side (the last version
+# seen, valid or rejected) and the gateway's side (what it holds, what it refused, what is to be
+# deleted). `pending` says what the next sync owes the gateway for this record, so a sync that
+# does not list it (a latest window) still finds it: 1 = publish the source's version, 2 = delete.
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("merchant_id", MERCHANT_ID, primary_key=True),
+    sa.Column("entity_type", sa.String(16), primary_key=True),
+    sa.Column("record_id", sa.Text, primary_key=True),
+    # the source: the last valid version seen (hash of its JSON, its updatedAt, the sync that fetched it)
+    sa.Column("source_hash", sa.String(32)),
+    sa.Column("source_updated_at", sa.DateTime(timezone=True)),
+    sa.Column("source_sync_id", sa.String(64)),
+    sa.Column("source_seen_at", sa.DateTime(timezone=True)),
+    # set while the last version seen was invalid (the valid one above is kept)
+    sa.Column("rejected_reason", sa.Text),
+    sa.Column("rejected_at", sa.DateTime(timezone=True)),
+    # the gateway: the version it holds and the batch that applied it
+    sa.Column("held_hash", sa.String(32)),
+    sa.Column("held_batch_id", sa.String(128)),
+    sa.Column("held_at", sa.DateTime(timezone=True)),
+    # the gateway's last refusal of this record: which version, why, how many times in a row
+    sa.Column("refused_hash", sa.String(32)),
+    sa.Column("refused_reason", sa.Text),
+    sa.Column("refused_at", sa.DateTime(timezone=True)),
+    sa.Column("refused_times", sa.Integer, nullable=False, server_default="0"),
+    # gone from the source (a 404 confirmed it), and the batch that deleted it from the gateway
+    sa.Column("gone_at", sa.DateTime(timezone=True)),
+    sa.Column("deleted_batch_id", sa.String(128)),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    sa.Column("pending", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Index(
+        "records_pending",
+        "merchant_id",
+        "entity_type",
+        "pending",
+        sqlite_where=sa.text("pending <> 0"),
+        postgresql_where=sa.text("pending <> 0"),
+    ),
+)
+
+# Every invalid record a sync saw, with its raw JSON and the reason: rejected, never dropped.
+rejections = sa.Table(
+    "rejections",
+    metadata,
+    sa.Column("rejection_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sync_id", sa.String(64), nullable=False),
+    sa.Column("merchant_id", MERCHANT_ID, nullable=False),
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("record_id", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("rejections_by_sync", "sync_id"),
+    sa.Index("rejections_by_record", "merchant_id", "entity_type", "record_id"),
+)
+
+# The merchant registry (CONTRACT §6). Outside services' tokens are encrypted; Sync API tokens
+# are kept as hashes only. The merchant `default` has no row unless it is disabled or given an
+# hour: its connection comes from the environment (§5).
+merchants = sa.Table(
+    "merchants",
+    metadata,
+    sa.Column("merchant_id", MERCHANT_ID, primary_key=True),
+    sa.Column("product_service_url", sa.Text),
+    sa.Column("product_service_token", sa.Text),  # encrypted
+    sa.Column("gateway_token", sa.Text),  # encrypted
+    sa.Column("api_token_hash", sa.String(64)),
+    sa.Column("api_read_token_hash", sa.String(64)),
+    sa.Column("sync_hour_utc", sa.SmallInteger, nullable=False, server_default="2"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("merchants_by_api_token", "api_token_hash"),
+    sa.Index("merchants_by_api_read_token", "api_read_token_hash"),
+    sa.Index("merchants_by_hour", "sync_hour_utc", "enabled"),
 )
 
 schema_version = sa.Table(
@@ -81,8 +171,24 @@ schema_version = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# Upgrades after version 1, in order: (version, [SQL statements]). Version 1 is create_all.
+# Upgrades after version 1, in order: (version, [SQL statements]). Version 1 is create_all of
+# the first schema; tables added later are created by create_all before these run.
+_ACTIVE = ", ".join(str(code) for code in ACTIVE_CODES)
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (2, ["ALTER TABLE syncs ADD COLUMN worker_host VARCHAR(255)", "ALTER TABLE syncs ADD COLUMN worker_pid INTEGER"]),
+    (
+        3,
+        [
+            f"ALTER TABLE syncs ADD COLUMN merchant_id VARCHAR(40) NOT NULL DEFAULT '{DEFAULT_MERCHANT}'",
+            f"ALTER TABLE batches ADD COLUMN merchant_id VARCHAR(40) NOT NULL DEFAULT '{DEFAULT_MERCHANT}'",
+            "DROP INDEX IF EXISTS one_active_sync_per_entity",
+            "DROP INDEX IF EXISTS syncs_by_entity_time",
+            "CREATE UNIQUE INDEX one_active_sync_per_merchant_entity ON syncs (merchant_id, entity_type)"
+            f" WHERE status_code IN ({_ACTIVE})",
+            "CREATE INDEX syncs_by_merchant_entity_time ON syncs (merchant_id, entity_type, requested_at)",
+            "CREATE INDEX syncs_by_time ON syncs (requested_at)",
+            "CREATE INDEX batches_by_key ON batches (idempotency_key)",
+        ],
+    ),
 ]
 CURRENT_VERSION = 1 + len(MIGRATIONS)

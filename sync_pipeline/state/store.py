@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -14,11 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..domain import EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
+from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
 from ..errors import EntityBusy
-from . import schema
+from . import records, schema
 from .schema import ACTIVE_CODES, SUCCESS_CODES, batches, syncs
-
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -30,6 +30,7 @@ def _utc(value: datetime | None) -> datetime | None:
 @dataclass(frozen=True)
 class SyncRecord:
     sync_id: str
+    merchant_id: str
     entity_type: EntityType
     mode: SyncMode
     requested_mode: SyncMode
@@ -75,6 +76,7 @@ class SyncRecord:
 class BatchRecord:
     batch_id: str
     sync_id: str
+    merchant_id: str
     entity_type: EntityType
     bulk_operation_type: str
     idempotency_key: str
@@ -115,6 +117,10 @@ def create_state_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+# An advisory lock id all processes agree on: schema upgrades on PostgreSQL run one at a time.
+SCHEMA_LOCK_ID = 0x53594E43  # "SYNC"
+
+
 class StateStore:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
@@ -123,22 +129,42 @@ class StateStore:
         self.engine = create_state_engine(url)
         self._upgrade()
 
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
     def dispose(self) -> None:
         self.engine.dispose()
 
     def _upgrade(self) -> None:
-        """Create the schema, or bring an older one up to date, in one transaction."""
-        with self.engine.begin() as conn:
-            schema.metadata.create_all(conn)
-            current = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar()
-            if current is None:
-                conn.execute(schema.schema_version.insert().values(version=schema.CURRENT_VERSION, applied_at=utcnow()))
+        """Create the schema, or bring an older one up to date, in one transaction.
+
+        On PostgreSQL the transaction first takes an advisory lock, so processes starting
+        together upgrade one after the other (the later ones find the work done). On SQLite a
+        process that loses the race to create a table tries once more."""
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    if self.is_postgres:
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
+                    self._upgrade_in(conn)
                 return
-            for version, statements in schema.MIGRATIONS:
-                if version > current:
-                    for statement in statements:
-                        conn.execute(sa.text(statement))
-                    conn.execute(schema.schema_version.insert().values(version=version, applied_at=utcnow()))
+            except sa.exc.OperationalError:
+                if attempt or self.is_postgres:
+                    raise
+
+    @staticmethod
+    def _upgrade_in(conn: sa.Connection) -> None:
+        schema.metadata.create_all(conn)
+        current = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar()
+        if current is None:
+            conn.execute(schema.schema_version.insert().values(version=schema.CURRENT_VERSION, applied_at=utcnow()))
+            return
+        for version, statements in schema.MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    conn.execute(sa.text(statement))
+                conn.execute(schema.schema_version.insert().values(version=version, applied_at=utcnow()))
 
     def ping(self) -> bool:
         with self.engine.connect() as conn:
@@ -151,6 +177,7 @@ class StateStore:
         mode: SyncMode = SyncMode.LATEST,
         *,
         origin: str,
+        merchant: str = DEFAULT_MERCHANT,
         sync_to: datetime | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -158,7 +185,7 @@ class StateStore:
         now: datetime | None = None,
     ) -> SyncRecord:
         """Insert a Queued sync with its window resolved now; the unique index lets in only
-        one active sync per type.
+        one active sync per (merchant, type).
 
         The window is fixed at request time (a latest sync runs up to the moment it was asked
         for): while this sync is active no other sync of the type can move the watermark.
@@ -167,11 +194,12 @@ class StateStore:
         """
         now = now or utcnow()
         actual_mode, window = resolve_window(
-            mode, now=now, watermark=self.watermark(entity), sync_to=sync_to, start=start, end=end
+            mode, now=now, watermark=self.watermark(entity, merchant=merchant), sync_to=sync_to, start=start, end=end
         )
         sync_id = str(uuid.uuid4())
         values = dict(
             sync_id=sync_id,
+            merchant_id=merchant,
             entity_type=entity.value,
             mode=actual_mode.value,
             requested_mode=mode.value,
@@ -190,10 +218,10 @@ class StateStore:
             with self.engine.begin() as conn:
                 conn.execute(syncs.insert().values(**values))
         except sa.exc.IntegrityError:
-            active = self.active_sync(entity)
+            active = self.active_sync(entity, merchant=merchant)
             if active is None:  # finished between our insert and this read: say so plainly
-                raise EntityBusy(entity, "(just finished)", SyncStatus.IN_PROGRESS) from None
-            raise EntityBusy(entity, active.sync_id, active.status) from None
+                raise EntityBusy(entity, "(just finished)", SyncStatus.IN_PROGRESS, merchant) from None
+            raise EntityBusy(entity, active.sync_id, active.status, merchant) from None
         return self.get_sync(sync_id)
 
     def start_sync(self, sync_id: str, *, run_id: str) -> SyncRecord:
@@ -254,6 +282,7 @@ class StateStore:
         operation: str,
         idempotency_key: str,
         item_count: int,
+        merchant: str = DEFAULT_MERCHANT,
     ) -> None:
         """Record a submitted batch; a batch id seen again (idempotent replay) is kept once."""
         with self.engine.begin() as conn:
@@ -265,6 +294,7 @@ class StateStore:
                 batches.insert().values(
                     batch_id=batch_id,
                     sync_id=sync_id,
+                    merchant_id=merchant,
                     entity_type=entity.value,
                     bulk_operation_type=operation,
                     idempotency_key=idempotency_key,
@@ -292,7 +322,7 @@ class StateStore:
                 )
             )
 
-    def usable_idempotency_key(self, base_key: str) -> str:
+    def usable_idempotency_key(self, base_key: str, merchant: str = DEFAULT_MERCHANT) -> str:
         """The key to send a batch under. A key whose batch ended with failures is spent, so
         the retry gets a successor key; any other known key is reused, so a batch whose
         outcome was lost (a crash) is answered by the gateway's replay, not applied twice."""
@@ -301,16 +331,20 @@ class StateStore:
             while True:
                 row = conn.execute(
                     sa.select(batches.c.batch_id, batches.c.batch_status, batches.c.fail_count).where(
-                        batches.c.idempotency_key == key
+                        batches.c.idempotency_key == key, batches.c.merchant_id == merchant
                     )
                 ).first()
                 if row is None or (row.batch_status != "FAILED" and row.fail_count == 0):
                     return key
                 key = hashlib.sha256(f"{key}:{row.batch_id}".encode()).hexdigest()
 
-    def get_batch(self, batch_id: str) -> BatchRecord | None:
+    def get_batch(self, batch_id: str, merchant: str | None = None) -> BatchRecord | None:
+        """The batch; with `merchant`, only if it is that merchant's."""
+        query = sa.select(batches).where(batches.c.batch_id == batch_id)
+        if merchant is not None:
+            query = query.where(batches.c.merchant_id == merchant)
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).first()
+            row = conn.execute(query).first()
         return BatchRecord.from_row(row) if row else None
 
     def batches_for_sync(self, sync_id: str) -> list[BatchRecord]:
@@ -320,33 +354,83 @@ class StateStore:
             ).all()
         return [BatchRecord.from_row(row) for row in rows]
 
+    # --- records ----------------------------------------------------------------------
+    def save_rejections(
+        self, sync_id: str, entity: EntityType, rows: list[tuple[str | None, str, str]], *, merchant: str = DEFAULT_MERCHANT
+    ) -> None:
+        """Keep every invalid record a sync saw: its id (if any), the reason and its raw JSON."""
+        if not rows:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.rejections.insert(),
+                [
+                    dict(sync_id=sync_id, merchant_id=merchant, entity_type=entity.value, record_id=record_id,
+                         reason=reason, raw=raw, rejected_at=now)
+                    for record_id, reason, raw in rows
+                ],
+            )
+
+    def rejections_for_sync(self, sync_id: str) -> list[tuple[str | None, str, str]]:
+        rejections = schema.rejections
+        with self.engine.connect() as conn:
+            return [
+                tuple(row)
+                for row in conn.execute(
+                    sa.select(rejections.c.record_id, rejections.c.reason, rejections.c.raw)
+                    .where(rejections.c.sync_id == sync_id)
+                    .order_by(rejections.c.rejection_id)
+                )
+            ]
+
+    def export_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT, **which: Any) -> int:
+        return records.export_records(self.engine, merchant, entity, path, **which)
+
+    def import_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT) -> int:
+        return records.import_records(self.engine, merchant, entity, path)
+
+    def count_held(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
+        return records.count_held(self.engine, merchant, entity)
+
     # --- reads ------------------------------------------------------------------------
-    def get_sync(self, sync_id: str) -> SyncRecord | None:
-        return self._one(sa.select(syncs).where(syncs.c.sync_id == sync_id))
+    def get_sync(self, sync_id: str, merchant: str | None = None) -> SyncRecord | None:
+        query = sa.select(syncs).where(syncs.c.sync_id == sync_id)
+        if merchant is not None:
+            query = query.where(syncs.c.merchant_id == merchant)
+        return self._one(query)
 
     def sync_for_run(self, run_id: str) -> SyncRecord | None:
         return self._one(sa.select(syncs).where(syncs.c.run_id == run_id).order_by(syncs.c.requested_at.desc()))
 
-    def active_sync(self, entity: EntityType) -> SyncRecord | None:
-        return self._one(
-            sa.select(syncs).where(syncs.c.entity_type == entity.value, syncs.c.status_code.in_(ACTIVE_CODES))
-        )
+    def active_sync(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> SyncRecord | None:
+        return self._one(sa.select(syncs).where(*_of(merchant, entity), syncs.c.status_code.in_(ACTIVE_CODES)))
 
-    def last_successful(self, entity: EntityType) -> SyncRecord | None:
+    def last_successful(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> SyncRecord | None:
         return self._one(
             sa.select(syncs)
-            .where(syncs.c.entity_type == entity.value, syncs.c.status_code.in_(SUCCESS_CODES))
+            .where(*_of(merchant, entity), syncs.c.status_code.in_(SUCCESS_CODES))
             .order_by(syncs.c.finished_at.desc())
         )
 
-    def watermark(self, entity: EntityType) -> datetime | None:
+    def last_success_times(self, entity: EntityType) -> dict[str, datetime]:
+        """When each merchant's last successful sync of `entity` finished."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(syncs.c.merchant_id, sa.func.max(syncs.c.finished_at))
+                .where(syncs.c.entity_type == entity.value, syncs.c.status_code.in_(SUCCESS_CODES))
+                .group_by(syncs.c.merchant_id)
+            ).all()
+        return {merchant: _utc(finished) for merchant, finished in rows}
+
+    def watermark(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> datetime | None:
         """Where the next latest sync starts: the window end of the last successful
         full or latest sync (historic ranges do not move it)."""
         with self.engine.connect() as conn:
             value = conn.execute(
                 sa.select(syncs.c.window_end)
                 .where(
-                    syncs.c.entity_type == entity.value,
+                    *_of(merchant, entity),
                     syncs.c.status_code.in_(SUCCESS_CODES),
                     syncs.c.mode.in_((SyncMode.FULL.value, SyncMode.LATEST.value)),
                 )
@@ -355,18 +439,48 @@ class StateStore:
             ).scalar()
         return _utc(value)
 
-    def active_syncs(self) -> list[SyncRecord]:
-        return self._all(sa.select(syncs).where(syncs.c.status_code.in_(ACTIVE_CODES)).order_by(syncs.c.requested_at))
+    def active_syncs(self, merchant: str | None = None) -> list[SyncRecord]:
+        query = sa.select(syncs).where(syncs.c.status_code.in_(ACTIVE_CODES)).order_by(syncs.c.requested_at)
+        if merchant is not None:
+            query = query.where(syncs.c.merchant_id == merchant)
+        return self._all(query)
 
-    def history(self, entity: EntityType, limit: int = 20) -> list[SyncRecord]:
+    def history(self, entity: EntityType, limit: int = 20, *, merchant: str = DEFAULT_MERCHANT) -> list[SyncRecord]:
+        return self._all(
+            sa.select(syncs).where(*_of(merchant, entity)).order_by(syncs.c.requested_at.desc()).limit(limit)
+        )
+
+    def list_syncs(
+        self,
+        *,
+        merchant: str | None = None,
+        status_code: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        after: tuple[datetime, str] | None = None,
+    ) -> tuple[list[SyncRecord], dict[int, int]]:
+        """Syncs of every merchant (or one), newest first, requested in [since, until), with the
+        count of each status code among all that match; `after` is the (requested_at, sync_id)
+        of the last one of the previous page."""
+        where = []
+        if merchant is not None:
+            where.append(syncs.c.merchant_id == merchant)
+        if status_code is not None:
+            where.append(syncs.c.status_code == status_code)
+        if since is not None:
+            where.append(syncs.c.requested_at >= since)
+        if until is not None:
+            where.append(syncs.c.requested_at < until)
+        page = sa.select(syncs).where(*where)
+        if after is not None:
+            page = page.where(sa.tuple_(syncs.c.requested_at, syncs.c.sync_id) < sa.tuple_(*after))
+        page = page.order_by(syncs.c.requested_at.desc(), syncs.c.sync_id.desc()).limit(limit)
+        totals = sa.select(syncs.c.status_code, sa.func.count()).where(*where).group_by(syncs.c.status_code)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(syncs)
-                .where(syncs.c.entity_type == entity.value)
-                .order_by(syncs.c.requested_at.desc())
-                .limit(limit)
-            ).all()
-        return [SyncRecord.from_row(row) for row in rows]
+            found = [SyncRecord.from_row(row) for row in conn.execute(page)]
+            counts = {code: count for code, count in conn.execute(totals)}
+        return found, counts
 
     def _all(self, query: sa.Select) -> list[SyncRecord]:
         with self.engine.connect() as conn:
@@ -376,3 +490,22 @@ class StateStore:
         with self.engine.connect() as conn:
             row = conn.execute(query.limit(1)).first()
         return SyncRecord.from_row(row) if row else None
+
+
+_OPEN: dict[tuple[str, int], StateStore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_state_store(url: str) -> StateStore:
+    """The process's one StateStore (one engine, one connection pool, the schema checked once)
+    for `url`. A forked child gets its own: pooled connections must not cross a fork."""
+    key = (url, os.getpid())
+    with _OPEN_LOCK:
+        store = _OPEN.get(key)
+        if store is None:
+            store = _OPEN[key] = StateStore(url)
+        return store
+
+
+def _of(merchant: str, entity: EntityType) -> tuple:
+    return (syncs.c.merchant_id == merchant, syncs.c.entity_type == entity.value)

@@ -1,0 +1,157 @@
+"""Bulk moves of per-record state between the state store and a run's scratch, as CSV files.
+
+A sync reads the rows of its (merchant, type) at the start and writes back the rows it changed;
+nothing else about records is kept between runs. CSV is the interchange because both ends move
+it in bulk without Python touching each value: PostgreSQL with COPY, DuckDB with read_csv and
+COPY TO. On SQLite (one machine, the default) the rows go through the DBAPI in large batches.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ..domain import EntityType
+from .schema import records
+
+# Every column after the key, in the order of the CSV files.
+COLUMNS: list[str] = [c.name for c in records.columns if c.name not in ("merchant_id", "entity_type")]
+STATE_COLUMNS = COLUMNS[1:]
+TIME_COLUMNS = [c.name for c in records.columns if isinstance(c.type, sa.DateTime)]
+PENDING_PUBLISH, PENDING_DELETE = 1, 2
+ID_CHUNK = 500
+SQLITE_BATCH = 20_000
+
+
+def export_records(
+    engine: sa.Engine,
+    merchant: str,
+    entity: EntityType,
+    path: Path,
+    *,
+    ids: Iterable[str] | None = None,
+    pending: bool = False,
+) -> int:
+    """Write the records of (merchant, entity) to `path` as CSV with a header.
+
+    All of them; or those with the given ids, plus (with `pending`) every record the gateway
+    is still owed something for. Returns how many rows were written.
+    """
+    key = (records.c.merchant_id == merchant, records.c.entity_type == entity.value)
+    columns = [records.c[name] for name in COLUMNS]
+    if ids is None:
+        queries = [sa.select(*columns).where(*key)]
+    else:
+        id_list = list(ids)
+        queries = [
+            sa.select(*columns).where(*key, records.c.record_id.in_(id_list[i : i + ID_CHUNK]))
+            for i in range(0, len(id_list), ID_CHUNK)
+        ]
+        if pending:
+            queries.append(sa.select(*columns).where(*key, records.c.pending != 0))
+    count = 0
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql" and ids is None:
+                return _copy_out(conn, queries[0], out)
+            seen: set[str] = set()
+            for query in queries:
+                for row in conn.execution_options(stream_results=True).execute(query):
+                    if ids is not None and row[0] in seen:  # a pending record also asked for by id
+                        continue
+                    if ids is not None:
+                        seen.add(row[0])
+                    writer.writerow(_csv_values(row))
+                    count += 1
+    return count
+
+
+def _copy_out(conn: sa.Connection, query: sa.Select, out) -> int:
+    """COPY the query's rows out of PostgreSQL into `out`, in UTC."""
+    sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+    raw = conn.connection.dbapi_connection
+    with raw.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", out)
+        rows = cursor.rowcount
+    return max(rows, 0)
+
+
+def _csv_values(row) -> list:
+    return ["" if value is None else value for value in row]
+
+
+def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: Path) -> int:
+    """Insert or replace the records in the CSV file `path` (the COLUMNS, with a header, times
+    in UTC as `YYYY-MM-DD HH:MM:SS[.ffffff]`, empty for null) in one transaction."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            return _copy_in(conn, merchant, entity, path)
+        return _sqlite_upsert(conn, merchant, entity, path)
+
+
+_UPDATE_SET = ", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS)
+
+
+def _copy_in(conn: sa.Connection, merchant: str, entity: EntityType, path: Path) -> int:
+    raw = conn.connection.dbapi_connection
+    names = ", ".join(COLUMNS)
+    with raw.cursor() as cursor, path.open() as source:
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+        cursor.execute(
+            "CREATE TEMP TABLE incoming_records ON COMMIT DROP AS"
+            f" SELECT {names} FROM records WITH NO DATA"
+        )
+        cursor.copy_expert(f"COPY incoming_records ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)", source)
+        cursor.execute(
+            f"INSERT INTO records (merchant_id, entity_type, {names})"
+            f" SELECT %s, %s, {names} FROM incoming_records"
+            f" ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET {_UPDATE_SET}",
+            (merchant, entity.value),
+        )
+        return cursor.rowcount
+
+
+def _sqlite_upsert(conn: sa.Connection, merchant: str, entity: EntityType, path: Path) -> int:
+    names = ", ".join(COLUMNS)
+    marks = ", ".join("?" for _ in COLUMNS)
+    sql = (
+        f"INSERT INTO records (merchant_id, entity_type, {names}) VALUES (?, ?, {marks})"
+        f" ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET {_UPDATE_SET}"
+    )
+    raw = conn.connection.dbapi_connection
+    cursor = raw.cursor()
+    count = 0
+    prefix = (merchant, entity.value)
+    with path.open(newline="") as source:
+        reader = csv.reader(source)
+        next(reader)
+        batch: list[tuple] = []
+        for row in reader:
+            batch.append(prefix + tuple(None if value == "" else value for value in row))
+            if len(batch) >= SQLITE_BATCH:
+                cursor.executemany(sql, batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            cursor.executemany(sql, batch)
+            count += len(batch)
+    cursor.close()
+    return count
+
+
+def count_held(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
+    """How many records of (merchant, entity) the gateway holds from this service."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).where(
+                records.c.merchant_id == merchant,
+                records.c.entity_type == entity.value,
+                records.c.held_hash.is_not(None),
+            )
+        ).scalar_one()

@@ -1,0 +1,74 @@
+"""Runs need no disk of their own: with the state store on PostgreSQL and the data directory
+emptied between syncs, a sync re-sends nothing unchanged, finds deletions, and a latest sync
+applies exactly the changes."""
+
+import shutil
+
+import pytest
+
+from sync_pipeline.cli import main
+from sync_pipeline.domain import EntityType, SyncMode
+from sync_pipeline.settings import data_dir
+from sync_pipeline.state import StateStore
+
+from .test_e2e import expected_gateway
+
+
+@pytest.fixture
+def pg_env(sync_env, postgres_url, monkeypatch):
+    monkeypatch.setenv("SYNC_STATE_URL", postgres_url)
+    return postgres_url
+
+
+def empty_data_dir() -> None:
+    shutil.rmtree(data_dir())
+
+
+def last(url: str, entity: EntityType):
+    store = StateStore(url)
+    try:
+        return store.history(entity, 1)[0]
+    finally:
+        store.dispose()
+
+
+def test_a_full_sync_on_an_empty_disk_resends_nothing_unchanged_and_finds_deletions(pg_env, sandbox):
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    empty_data_dir()
+    gone = sandbox.admin("POST", "/source/products/delete", json={"count": 12})["ids"]
+    changed = sandbox.admin("POST", "/source/products/update", json={"count": 7})["ids"]
+    applied = sandbox.stats()["gateway"]["itemsApplied"]
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    sync = last(pg_env, EntityType.PRODUCT)
+    assert (sync.published, sync.deleted) == (7, 12)
+    assert sandbox.stats()["gateway"]["itemsApplied"] - applied == 7 + 12
+    held = sandbox.gateway("PRODUCT")
+    assert not set(gone) & set(held)
+    assert all(held[i]["title"].endswith("v2") for i in changed)
+    assert held == expected_gateway(sandbox, "PRODUCT")
+    assert sync.num_records == len(held)
+
+
+def test_a_latest_sync_on_an_empty_disk_applies_exactly_the_changes(pg_env, sandbox):
+    assert main(["sync", "all"]) == 0  # the first is a full one
+    empty_data_dir()
+    updated = sandbox.admin("POST", "/source/collections/update", json={"count": 5})["ids"]
+    created = sandbox.admin("POST", "/source/collections/create", json={"count": 3})["ids"]
+    stats = sandbox.stats()["gateway"]
+    assert main(["sync", "COLLECTION"]) == 0
+    sync = last(pg_env, EntityType.COLLECTION)
+    refused = len(sandbox.source("collections")["refused"])
+    # the refused ones are owed from the last sync: fetched by id, sent again, refused again
+    assert (sync.mode, sync.fetched, sync.published, sync.failed) == (SyncMode.LATEST, 8, 8, refused)
+    after = sandbox.stats()["gateway"]
+    assert after["itemsApplied"] - stats["itemsApplied"] == 8
+    assert after["itemsAppliedTwice"] == 0
+    held = sandbox.gateway("COLLECTION")
+    assert set(updated + created) <= set(held)
+    assert held == expected_gateway(sandbox, "COLLECTION")
+
+
+def test_the_scratch_is_gone_after_every_sync(sync_env, sandbox):
+    assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
+    scratch = data_dir() / "scratch"
+    assert not scratch.exists() or not any(scratch.iterdir())
