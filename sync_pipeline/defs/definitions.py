@@ -7,6 +7,7 @@ import dagster as dg
 from ..domain import EntityType
 from .assets import build_sync_assets
 from .checks import build_freshness_check
+from .executors import sync_executor
 from .resources import default_resources
 from .runs import ENTITY_TAG
 from .schedules import build_daily_schedule, build_freshness_schedule
@@ -24,8 +25,8 @@ def build_defs() -> dg.Definitions:
             selection=dg.AssetSelection.groups(entity.plural),
             tags={ENTITY_TAG: entity.value},
             description=f"One {entity.value} sync of one merchant (the partition): stage, then publish.",
-            # One process per run: the sync's owner process is the run's, start to end.
-            executor_def=dg.in_process_executor,
+            # One step per sync: in the run's process, or on a worker of the distributed engine.
+            executor_def=sync_executor(),
         )
         jobs.append(job)
         schedules.append(build_daily_schedule(entity, job))
@@ -43,7 +44,7 @@ def build_defs() -> dg.Definitions:
         schedules=schedules,
         sensors=[build_sync_requests_sensor(jobs), build_merchant_partitions_sensor()],
         resources=resources,
-        executor=dg.in_process_executor,
+        executor=sync_executor(),
     )
 
 
