@@ -55,19 +55,28 @@ class ApiServer:
     process: subprocess.Popen
 
 
-def start_api(state_url: str, dagster_home: Path, write: str = "write-token", read: str = "read-token") -> ApiServer:
-    """`sync-pipeline api` as its own process on a free port, over `state_url`."""
+OPERATOR_TOKEN = "operator-token-0123456789"
+SECRET_KEY = "a-test-secret-key-of-at-least-32-characters"
+
+
+def start_api(
+    state_url: str, dagster_home: Path, write: str = "write-token", read: str = "read-token", log: Path | None = None
+) -> ApiServer:
+    """`sync-pipeline api` as its own process on a free port, over `state_url`, with the
+    operator token; its access log goes to `log` if given."""
     port = free_port()
     env = {
         **os.environ,
         "SYNC_STATE_URL": state_url,
         "SYNC_API_TOKEN": write,
         "SYNC_API_READ_TOKEN": read,
+        "SYNC_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "SYNC_SECRET_KEY": SECRET_KEY,
         "DAGSTER_HOME": str(dagster_home),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "sync_pipeline.cli", "api", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=log.open("ab") if log else subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
