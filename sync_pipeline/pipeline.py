@@ -20,12 +20,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from .domain import EntityType, Window, utcnow
+from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
 from .gateway import BatchOutcome, GatewayClient, Operation, idempotency_key
 from .sources import ProductServiceClient
 from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
-from .state import StateStore
+from .staging.legacy import export_legacy_holdings, legacy_staging_file
+from .state import StateStore, records
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,23 @@ class SyncScratch:
             self.state.import_records(self.entity, path, merchant=self.merchant)
             path.unlink()
         return count
+
+
+def adopt_legacy_holdings(scratch: SyncScratch, data_dir: Path) -> int:
+    """The first sync of `default` after an upgrade from local-disk staging takes the gateway's
+    holdings from the old DuckDB file into the state store (and renames the file), so it re-sends
+    nothing; any other sync finds nothing to adopt."""
+    legacy = legacy_staging_file(data_dir, scratch.entity.plural)
+    if scratch.merchant != DEFAULT_MERCHANT or legacy is None:
+        return 0
+    adopted = 0
+    if not records.count_records(scratch.state.engine, scratch.merchant, scratch.entity):
+        path = scratch._csv("legacy")
+        adopted = export_legacy_holdings(legacy, path)
+        if adopted:
+            scratch.state.import_records(scratch.entity, path, merchant=scratch.merchant)
+    legacy.rename(legacy.with_name(legacy.name + ".adopted"))
+    return adopted
 
 
 @dataclass(frozen=True)

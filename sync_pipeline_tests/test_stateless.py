@@ -72,3 +72,30 @@ def test_the_scratch_is_gone_after_every_sync(sync_env, sandbox):
     assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
     scratch = data_dir() / "scratch"
     assert not scratch.exists() or not any(scratch.iterdir())
+
+
+def test_an_upgraded_deployment_adopts_what_its_old_local_staging_file_says_the_gateway_holds(sync_env, sandbox, monkeypatch):
+    import duckdb
+
+    from sync_pipeline.settings import state_url
+
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    store = StateStore(state_url())
+    held = store.count_held(EntityType.PRODUCT)
+    legacy = data_dir() / "products.duckdb"  # what the old releases kept on local disk
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT record_id, held_hash FROM records WHERE held_hash IS NOT NULL").fetchall()
+    store.dispose()
+    with duckdb.connect(str(legacy)) as db:
+        db.execute("CREATE TABLE published (id VARCHAR, content_hash VARCHAR, sync_id VARCHAR, published_at TIMESTAMPTZ)")
+        db.executemany("INSERT INTO published VALUES (?, ?, 's0', now())", rows)
+    # the old release's state store knew no records
+    monkeypatch.setenv("SYNC_STATE_URL", f"sqlite:///{data_dir() / 'upgraded-state.db'}")
+    applied = sandbox.stats()["gateway"]["itemsApplied"]
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    assert last(state_url(), EntityType.PRODUCT).published == 0
+    assert sandbox.stats()["gateway"]["itemsApplied"] == applied
+    assert not legacy.exists() and legacy.with_name("products.duckdb.adopted").exists()
+    store = StateStore(state_url())
+    assert store.count_held(EntityType.PRODUCT) == held
+    store.dispose()

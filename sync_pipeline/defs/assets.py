@@ -16,8 +16,8 @@ import dagster as dg
 
 from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time
 from ..errors import EntityBusy, status_for
-from ..pipeline import PublishResult, StageResult, SyncScratch, fetch_and_stage, publish_changes
-from ..settings import duckdb_settings, scratch_path
+from ..pipeline import PublishResult, StageResult, SyncScratch, adopt_legacy_holdings, fetch_and_stage, publish_changes
+from ..settings import data_dir, duckdb_settings, scratch_path
 from ..staging import StagingStore, connect_scratch
 from ..state import StateStore, SyncRecord
 from . import checks
@@ -199,6 +199,8 @@ def _stage(
 ) -> StageResult:
     source = product_service.client(connection)
     try:
+        if adopted := adopt_legacy_holdings(scratch, data_dir()):
+            context.log.info(f"took the {adopted} records the gateway held from the old local staging file")
         result = fetch_and_stage(
             source, scratch, sync.window, full=sync.mode is SyncMode.FULL, allow_deletions=sync.allow_deletions,
             deletion_share=config.deletion_share, progress=context.log.info,

@@ -145,6 +145,13 @@ def _sqlite_upsert(conn: sa.Connection, merchant: str, entity: EntityType, path:
     return count
 
 
+def count_records(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).where(records.c.merchant_id == merchant, records.c.entity_type == entity.value)
+        ).scalar_one()
+
+
 def count_held(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
     """How many records of (merchant, entity) the gateway holds from this service."""
     with engine.connect() as conn:
