@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Progress = Callable[[str], None]
 CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
+LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
 
 
 def crash_point(name: str) -> None:
@@ -194,7 +195,9 @@ def fetch_and_stage(
     gone: list[str] = []
     fetched_by_id = 0
     if not full:
-        scratch.load_known(ids=staging.fetched_ids(), pending=True)
+        ids = staging.fetched_ids()
+        # Asking for a few ids is cheap; for a window that lists many, reading every row is faster.
+        scratch.load_known(**({} if len(ids) > LOAD_ALL_ABOVE else {"ids": ids, "pending": True}))
         owed = staging.pending_not_fetched()
         found = _fetch_by_id(source, entity, owed)
         gone = [record_id for record_id, record in zip(owed, found) if record is None]
