@@ -1,7 +1,16 @@
 """Where a sync's step executes: in the run's own process (the default), or on the workers of a
 distributed engine the deployment already has (SYNC_EXECUTOR=celery: dagster-celery, broker
 SYNC_CELERY_BROKER). A sync is one step that needs nothing on local disk from earlier runs, so
-any worker can take any sync."""
+any worker can take any sync.
+
+A worker is dagster-celery's app on the same broker, one sync at a time:
+
+    celery -A dagster_celery.app -b "$SYNC_CELERY_BROKER" --result-backend "$SYNC_CELERY_BROKER" \
+        worker -n w1@%h --concurrency=1 --prefetch-multiplier=1
+
+with the runs' environment (SYNC_EXECUTOR, SYNC_STATE_URL, SYNC_SECRET_KEY, GATEWAY_URL, ...),
+this package importable, and Dagster's storage reachable (PostgreSQL, or the same SQLite files on
+one machine): a task brings the run's instance and job with it. Its SYNC_DATA_DIR is its own."""
 
 from __future__ import annotations
 
