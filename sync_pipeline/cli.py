@@ -23,8 +23,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def _time(text: str) -> datetime:
     try:
         return parse_time(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _entities(text: str) -> list[EntityType]:
@@ -186,6 +186,8 @@ def _summary(sync) -> str:
         f" rejected {sync.rejected}, published {sync.published}, refused {sync.failed},"
         f" deleted {sync.deleted}, batches {sync.batches}"
     )
+    if sync.parked or sync.invalid_held:
+        line += f"; {sync.parked} parked, {sync.invalid_held} held though now invalid"
     if sync.num_records is not None:
         line += f"; the gateway holds {sync.num_records}"
     if sync.started_at and sync.finished_at:
@@ -284,7 +286,7 @@ def _status(args) -> int:
 
     state = open_state_store(state_url())
     merchant = args.merchant
-    header = f"{'sync id':36}  {'mode':8} {'status':22} {'requested':20} {'window':43} {'fetched':>8} {'rejected':>8} {'published':>9} {'refused':>7} {'deleted':>7} {'held':>7}"
+    header = f"{'sync id':36}  {'mode':8} {'status':22} {'requested':20} {'window':43} {'fetched':>8} {'rejected':>8} {'published':>9} {'refused':>7} {'deleted':>7} {'parked':>6} {'held':>7}"
     for entity in args.entity:
         last = state.last_successful(entity, merchant=merchant)
         print(f"== {entity.value}" + ("" if merchant == DEFAULT_MERCHANT else f" of merchant {merchant}"))
@@ -301,7 +303,7 @@ def _status(args) -> int:
             print(
                 f"   {sync.sync_id:36}  {sync.mode.value:8} {f'{sync.status.code} {sync.status.text}':22}"
                 f" {_short(sync.requested_at):20} {window:43} {sync.fetched:>8} {sync.rejected:>8}"
-                f" {sync.published:>9} {sync.failed:>7} {sync.deleted:>7} {sync.num_records if sync.num_records is not None else '-':>7}"
+                f" {sync.published:>9} {sync.failed:>7} {sync.deleted:>7} {sync.parked:>6} {sync.num_records if sync.num_records is not None else '-':>7}"
             )
             if sync.error_message and not sync.status.is_success:
                 print(f"      {sync.error_message}")

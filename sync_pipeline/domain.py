@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 DEFAULT_MERCHANT = "default"
@@ -94,13 +94,24 @@ def utcnow() -> datetime:
 
 
 def parse_time(text: str) -> datetime:
-    """Parse an ISO-8601 time; a time without an offset is taken as UTC."""
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"not a time: {text!r}")
-    value = datetime.fromisoformat(text)
+    """The one parser of every time the CLI, the API and the sources give: ISO-8601, converted
+    to UTC; a time without an offset is UTC; `z` counts as `Z`. Anything else, a time that
+    does not exist in UTC (`0001-01-01T00:00:00+01:00`) included, is a ValueError saying so."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"not an ISO-8601 time: {text!r:.60}")
+    cleaned = text.strip()
+    if cleaned.endswith("z"):
+        cleaned = cleaned[:-1] + "Z"
+    try:
+        value = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 time: {text!r:.60}") from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text!r:.60} is out of range in UTC") from None
 
 
 def format_time(value: datetime | None) -> str | None:
@@ -110,7 +121,8 @@ def format_time(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     value = value.astimezone(timezone.utc)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # not strftime: it does not pad years before 1000 on every platform
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
     if value.microsecond:
         text += f".{value.microsecond:06d}"
     return text + "Z"
@@ -136,10 +148,13 @@ def resolve_window(
     sync_to: datetime | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    lookback: timedelta = timedelta(0),
 ) -> tuple[SyncMode, Window]:
     """Turn a requested mode into the mode actually run and its window (CONTRACT §5).
 
-    A latest sync with no earlier successful sync is a full one.
+    A latest sync with no earlier successful sync is a full one. A latest sync reads from the
+    watermark less `lookback`, so a record a source committed late, with an `updatedAt` inside a
+    window already synced, is still listed; the content-hash diff makes the overlap free.
     """
     if mode is SyncMode.HISTORIC:
         if start is None or end is None:
@@ -156,5 +171,17 @@ def resolve_window(
                 f"syncTo {format_time(upper)} is not after the end of the last successful sync"
                 f" ({format_time(watermark)})"
             )
-        return mode, Window(watermark, upper)
+        return mode, Window(max(watermark - lookback, EARLIEST) if lookback else watermark, upper)
     return SyncMode.FULL, Window(None, upper)
+
+
+EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`10m`, `90s`, `2h`, `1d` or `0`: a duration as the settings give it."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text or "")
+    if not match:
+        raise ValueError(f"not a duration: {text!r:.40} (say 10m, 90s, 2h or 0)")
+    number, unit = int(match.group(1)), match.group(2) or "s"
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: number})

@@ -22,9 +22,10 @@ class GatewayError(SyncError):
 
     status = SyncStatus.GATEWAY_UNAVAILABLE
 
-    def __init__(self, message: str, http_status: int | None = None):
+    def __init__(self, message: str, http_status: int | None = None, detail: str | None = None):
         super().__init__(message)
         self.http_status = http_status
+        self.detail = detail  # what the gateway said, when it answered
 
 
 class DeletionGuardError(SyncError):

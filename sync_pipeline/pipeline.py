@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
-from .gateway import BatchOutcome, GatewayClient, Operation, idempotency_key
+from .gateway import REFUSED_REQUEST, BatchOutcome, GatewayClient, Operation, idempotency_key
 from .sources import ProductServiceClient
 from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
@@ -34,6 +34,7 @@ T = TypeVar("T")
 Progress = Callable[[str], None]
 CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
 LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
+SPLIT_STATUSES = frozenset({400, 413})  # the gateway refuses the request: halve the batch
 
 
 def crash_point(name: str) -> None:
@@ -53,7 +54,6 @@ class SyncScratch:
     merchant: str
     entity: EntityType
     sync_id: str
-    park_after: int | None = None
     _files: int = field(default=0, repr=False)
 
     def _csv(self, name: str) -> Path:
@@ -206,12 +206,12 @@ def fetch_and_stage(
         fetched_by_id = len(present)
     now = utcnow()
     # `fetched` counts what the listing returned; records fetched by id are counted apart.
-    counts = replace(staging.stage_fetched(scratch.sync_id, now=now, park_after=scratch.park_after), fetched=seen)
+    counts = replace(staging.stage_fetched(scratch.sync_id, now=now), fetched=seen)
     scratch.state.save_rejections(scratch.sync_id, entity, staging.rejected_rows(), merchant=scratch.merchant)
     crash_point("staged")
     if full:
         gone = _confirm_deletions(source, staging, entity, deletion_share, allow_deletions)
-    staging.mark_gone(gone, now, scratch.park_after)
+    staging.mark_gone(gone, now)
     scratch.save()
     return StageResult(
         counts=counts, pages=pages, to_delete=len(staging.pending_deletions()),
@@ -287,38 +287,47 @@ def publish_changes(
         return outcome
 
     def send(operation: Operation, items: list[ChangedRecord]) -> list[tuple[list[ChangedRecord], BatchOutcome]]:
-        """Submit and follow one batch; a batch the gateway finds too large goes as two halves."""
+        """Submit and follow one batch. A batch the gateway refuses as malformed (400) or too
+        large (413) goes as two halves, and so on until the item it refuses is alone: that item
+        is refused with the gateway's reason, and everything else is published."""
         try:
             return [(items, submit_and_follow(operation, items))]
         except GatewayError as error:
-            if error.http_status != 413 or len(items) == 1:
+            if error.http_status not in SPLIT_STATUSES:
                 raise
+            if len(items) == 1:
+                reason = f"HTTP {error.http_status} from the gateway: {error.detail or error}"
+                log.warning("the gateway refused %s %s on its own: %s", entity.value, items[0].id, reason)
+                return [(items, BatchOutcome.refused_request(items[0].id, reason, operation.value))]
             half = len(items) // 2
-            log.info("the gateway found a batch of %d too large: sending it as two of %d", len(items), half)
+            log.info("the gateway refused a batch of %d (HTTP %s): sending it as two halves",
+                     len(items), error.http_status)
             return send(operation, items[:half]) + send(operation, items[half:])
 
     def settle(future: Future, operation: Operation) -> None:
         for items, outcome in future.result():
-            totals["batches"] += 1
-            if outcome.batch_status != "COMPLETED":
+            if outcome.batch_status != REFUSED_REQUEST:
+                totals["batches"] += 1
+            if outcome.batch_status == "FAILED":
                 totals["failed_batches"] += 1
                 totals["failed"] += len(items)
                 _note(staging, Outcome.FAILED, items, outcome.batch_id, {})
                 continue
             refused = {str(item.get("id")): str(item.get("reason") or "") for item in outcome.failed_items}
+            batch_id = outcome.batch_id or None
             accepted = [item for item in items if item.id not in refused]
             rejected_items = [item for item in items if item.id in refused]
             if operation is Operation.UPSERT:
-                _note(staging, Outcome.HELD, accepted, outcome.batch_id, {})
-                _note(staging, Outcome.REFUSED, rejected_items, outcome.batch_id, refused)
+                _note(staging, Outcome.HELD, accepted, batch_id, {})
+                _note(staging, Outcome.REFUSED, rejected_items, batch_id, refused)
                 totals["published"] += len(accepted)
             else:
-                _note(staging, Outcome.DELETED, accepted, outcome.batch_id, {})
-                _note(staging, Outcome.FAILED, rejected_items, outcome.batch_id, refused)
+                _note(staging, Outcome.DELETED, accepted, batch_id, {})
+                _note(staging, Outcome.FAILED, rejected_items, batch_id, refused)
                 totals["deleted"] += len(accepted)
             totals["failed"] += len(rejected_items)
         if totals["batches"] % save_every == 0:
-            staging.fold_outcomes(utcnow(), scratch.park_after)
+            staging.fold_outcomes(utcnow())
             scratch.save()
         if progress and totals["batches"] % 20 == 0:
             progress(f"{totals['batches']} batches settled, {totals['published']} records published")
@@ -349,7 +358,7 @@ def publish_changes(
                 future.cancel()
             raise
         finally:
-            staging.fold_outcomes(utcnow(), scratch.park_after)
+            staging.fold_outcomes(utcnow())
             scratch.save()
     return PublishResult(seconds=time.monotonic() - started, **totals)
 

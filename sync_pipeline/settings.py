@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .domain import EntityType
+from datetime import timedelta
+
+from .domain import EntityType, parse_duration
 
 SANDBOX_URL = "http://127.0.0.1:8765"
 SANDBOX_PRODUCT_TOKEN = "sandbox-product-token"
@@ -45,6 +47,35 @@ def scratch_path(merchant: str, entity: EntityType, sync_id: str) -> Path:
 def max_concurrent_syncs() -> int:
     """The deployment's cap on syncs running at once (CONTRACT §6), for Dagster's run queue."""
     return int(os.environ.get("SYNC_MAX_CONCURRENT_SYNCS") or 4)
+
+
+def sync_lookback() -> timedelta:
+    """How far before the watermark a latest sync reads (SYNC_LOOKBACK, default 10m), to catch
+    records a source commits late."""
+    return parse_duration(os.environ.get("SYNC_LOOKBACK") or "10m")
+
+
+def reconcile_weekday() -> int | None:
+    """The weekday (0 = Monday) on which each merchant's daily sync is a full one, reconciling
+    what latest syncs cannot see and deletions (SYNC_RECONCILE_DAY: mon..sun, default sun;
+    `off` never)."""
+    text = (os.environ.get("SYNC_RECONCILE_DAY") or "sun").strip().lower()
+    if text in ("off", "none", "never", "no"):
+        return None
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    if text[:3] not in days:
+        raise ValueError(f"SYNC_RECONCILE_DAY must be a weekday (mon..sun) or off, not {text!r}")
+    return days.index(text[:3])
+
+
+def record_policy() -> dict:
+    """What a sync does with problem records: park a record the gateway refused this many times
+    in a row at one version (SYNC_PARK_AFTER_REFUSALS, default 2; 0 never parks), and whether to
+    withdraw from the gateway a record whose source version became invalid
+    (SYNC_WITHDRAW_INVALID, default no: the gateway keeps its last valid version)."""
+    park_after = int(os.environ.get("SYNC_PARK_AFTER_REFUSALS") or 2)
+    withdraw = (os.environ.get("SYNC_WITHDRAW_INVALID") or "").strip().lower() in ("1", "true", "yes", "on")
+    return {"park_after": park_after or None, "withdraw_invalid": withdraw}
 
 
 def duckdb_settings() -> dict:

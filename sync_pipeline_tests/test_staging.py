@@ -147,13 +147,15 @@ def test_a_refused_record_stays_owed_and_a_later_sync_that_does_not_list_it_find
 
 def test_a_record_refused_twice_at_the_same_version_is_parked(syncs):
     staging = syncs.next()
+    staging.park_after = 2
     stage(staging, [product("a")])
     for _ in range(2):
         [record] = next(staging.changed_since_publish(10))
         staging.record_outcomes(Outcome.REFUSED, ["a"], [record.content_hash], "b", ["no"])
-        staging.fold_outcomes(NOW, park_after=2)
+        staging.fold_outcomes(NOW)
     assert pending(staging) == {}
     staging = syncs.next()
+    staging.park_after = 2
     stage(staging, [product("a", title="fixed")], sync_id="s2")  # new content: owed again
     assert pending(staging) == {"a": PENDING_PUBLISH}
 

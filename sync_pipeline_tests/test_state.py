@@ -16,6 +16,7 @@ def run_to_end(store: StateStore, entity, mode=SyncMode.FULL, window=Window(None
     sync = store.enqueue_sync(
         entity, mode, origin="test", sync_to=window.end if mode is not SyncMode.HISTORIC else None,
         start=window.start if mode is SyncMode.HISTORIC else None, end=window.end if mode is SyncMode.HISTORIC else None,
+        lookback=timedelta(0),
     )
     assert sync.window == window
     store.start_sync(sync.sync_id, run_id=f"run-{sync.sync_id}")
@@ -69,7 +70,8 @@ def test_a_latest_sync_is_resolved_when_asked_for(state_store):
     state_store.start_sync(first.sync_id, run_id="r")
     state_store.finish_sync(first.sync_id, SyncStatus.SUCCESS)
     second = state_store.enqueue_sync(P, origin="test", now=T0 + timedelta(hours=3))
-    assert (second.mode, second.window) == (SyncMode.LATEST, Window(T0, T0 + timedelta(hours=3)))
+    # from the watermark less the lookback (SYNC_LOOKBACK, 10 minutes): late commits are caught
+    assert (second.mode, second.window) == (SyncMode.LATEST, Window(T0 - timedelta(minutes=10), T0 + timedelta(hours=3)))
 
 
 def test_a_window_that_cannot_be_synced_is_refused_before_queueing(state_store):

@@ -236,8 +236,8 @@ def _time_field(text: str | None, name: str):
         return None
     try:
         return parse_time(text)
-    except (ValueError, TypeError):
-        raise ApiError(400, f"{name} is not an ISO-8601 time: {text!r}") from None
+    except ValueError as error:
+        raise ApiError(400, f"{name}: {error}") from None
 
 
 def _accepted(sync: SyncRecord) -> schemas.SyncAcceptedResponse:
@@ -276,6 +276,8 @@ def _history_item(sync: SyncRecord) -> schemas.SyncHistoryItem:
         fetchedCount=sync.fetched,
         publishedCount=sync.published,
         deletedCount=sync.deleted,
+        parkedCount=sync.parked,
+        invalidHeldCount=sync.invalid_held,
         finishedUtc=format_time(sync.finished_at),
     )
 

@@ -83,6 +83,8 @@ class SyncHistoryItem(BaseModel):
     fetchedCount: int
     publishedCount: int
     deletedCount: int
+    parkedCount: int = Field(description="Records parked after repeated refusals at one version, after this sync.")
+    invalidHeldCount: int = Field(description="Records the gateway holds whose source version has since become invalid.")
     finishedUtc: Optional[UtcTime]
 
 

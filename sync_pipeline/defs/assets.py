@@ -17,7 +17,7 @@ import dagster as dg
 from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time
 from ..errors import EntityBusy, status_for
 from ..pipeline import PublishResult, StageResult, SyncScratch, adopt_legacy_holdings, fetch_and_stage, publish_changes
-from ..settings import data_dir, duckdb_settings, scratch_path
+from ..settings import data_dir, duckdb_settings, record_policy, scratch_path
 from ..staging import StagingStore, connect_scratch
 from ..state import StateStore, SyncRecord
 from . import checks
@@ -123,7 +123,7 @@ def sync_scratch(state: StateStore, sync: SyncRecord) -> Iterator[SyncScratch]:
     try:
         with connect_scratch(directory / "staging.duckdb", **duckdb_settings()) as connection:
             yield SyncScratch(
-                state=state, staging=StagingStore(connection), directory=directory,
+                state=state, staging=StagingStore(connection, **record_policy()), directory=directory,
                 merchant=sync.merchant_id, entity=sync.entity_type, sync_id=sync.sync_id,
             )
     finally:
@@ -262,16 +262,20 @@ def _published_result(
         reported=sum(b.success_count for b in batches if b.batch_status == "COMPLETED"),
         marked=result.published + result.deleted,
     )
-    status = SyncStatus.PARTIAL_SUCCESS if result.failed else SyncStatus.SUCCESS
+    problems = state.problem_records(sync.entity_type, scratch.staging.park_after, merchant=sync.merchant_id)
+    status, message = _outcome(result)
     final = state.finish_sync(
         sync.sync_id, status, num_records=num_records, published=result.published, failed=result.failed,
-        deleted=result.deleted, batches=result.batches, data_pushed=result.data_pushed,
-        error_message=f"the gateway refused {result.failed} items; they go again next sync" if result.failed else None,
+        deleted=result.deleted, batches=result.batches, data_pushed=result.data_pushed, error_message=message,
+        parked=problems["parked"][0], invalid_held=problems["invalid_held"][0],
     )
     context.log.info(
         f"sync {sync.sync_id} {status.text}: published {result.published}, refused {result.failed},"
         f" deleted {result.deleted} in {result.batches} batches; the gateway holds {num_records}"
+        f" ({final.parked} parked, {final.invalid_held} held though now invalid at the source)"
     )
+    if not status.is_success:
+        raise dg.Failure(description=f"sync {sync.sync_id} ended {status.code} {status.text}: {message}")
     total_seconds = (final.finished_at - final.started_at).total_seconds() if final.started_at else result.seconds
     return dg.MaterializeResult(
         asset_key=key,
@@ -282,14 +286,36 @@ def _published_result(
             "records_failed": result.failed,
             "records_deleted": result.deleted,
             "records_rejected": final.rejected,
+            "records_parked": final.parked,
+            "records_invalid_but_held": final.invalid_held,
             "batches": result.batches,
             "num_records": num_records,
             "publish_seconds": round(result.seconds, 3),
             "duration_seconds": round(total_seconds, 3),
             "records_per_second": round(final.fetched / max(total_seconds, 1e-9), 1),
         },
-        check_results=[matches, checks.batch_failures_result(key, result)],
+        check_results=[
+            matches,
+            checks.batch_failures_result(key, result),
+            *checks.problem_records_results(key, problems),
+        ],
     )
+
+
+def _outcome(result: PublishResult) -> tuple[SyncStatus, str | None]:
+    """How a sync that published ends: 4200 if a batch failed as a whole (nothing of it applied),
+    2100 if the gateway refused items one by one, else 2000."""
+    if result.failed_batches:
+        return SyncStatus.GATEWAY_UNAVAILABLE, (
+            f"{result.failed_batches} of {result.batches} batches ended FAILED at the gateway, none of their items"
+            " applied; they go again next sync"
+        )
+    if result.failed:
+        return SyncStatus.PARTIAL_SUCCESS, (
+            f"the gateway refused {result.failed} items; they go again next sync (an item refused again at the"
+            " same version is parked until it changes)"
+        )
+    return SyncStatus.SUCCESS, None
 
 
 def _describe(window: Window) -> str:

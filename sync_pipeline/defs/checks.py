@@ -19,6 +19,8 @@ FRESHNESS_HOURS = float(os.environ.get("SYNC_FRESHNESS_HOURS", "26"))
 REJECTED_SHARE = "rejected_share"
 GATEWAY_MATCHES_STAGING = "gateway_matches_staging"
 BATCH_FAILURES = "batch_failures"
+PARKED = "parked_records"
+INVALID_HELD = "invalid_but_held"
 FRESHNESS = "fresh_within_26h"
 
 
@@ -41,7 +43,39 @@ def published_check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             BATCH_FAILURES, asset=key,
             description=f"No batch ended FAILED and at most {MAX_REFUSED_SHARE:.0%} of the items sent were refused.",
         ),
+        dg.AssetCheckSpec(
+            PARKED, asset=key,
+            description="No record is parked: refused by the gateway again and again at the version the source still"
+            " has, so not sent until it changes. The metadata lists them with the gateway's reason.",
+        ),
+        dg.AssetCheckSpec(
+            INVALID_HELD, asset=key,
+            description="The gateway holds no record whose source version has since become invalid (it keeps the last"
+            " valid one unless SYNC_WITHDRAW_INVALID is set). The metadata lists them with the reason.",
+        ),
     ]
+
+
+def problem_records_results(key: dg.AssetKey, problems: dict) -> list[dg.AssetCheckResult]:
+    """Warnings for records that need a person: parked ones, and held ones now invalid."""
+    results = []
+    for name, kind in ((PARKED, "parked"), (INVALID_HELD, "invalid_held")):
+        count, listed = problems[kind]
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name=name,
+                passed=count == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "records": count,
+                    "first_ids": dg.MetadataValue.md(
+                        "\n".join(f"- `{record_id}`: {reason}" for record_id, reason in listed) or "none"
+                    ),
+                },
+            )
+        )
+    return results
 
 
 def rejected_share_result(key: dg.AssetKey, stage: StageResult) -> dg.AssetCheckResult:

@@ -19,10 +19,12 @@ def build_defs() -> dg.Definitions:
     for entity in EntityType:
         step = build_sync_assets(entity)
         assets.append(step)
-        freshness_checks.append(build_freshness_check(entity, dg.AssetKey(f"{entity.plural}_published")))
+        freshness = build_freshness_check(entity, dg.AssetKey(f"{entity.plural}_published"))
+        freshness_checks.append(freshness)
         job = dg.define_asset_job(
             job_name(entity),
-            selection=dg.AssetSelection.groups(entity.plural),
+            # The freshness check looks at every merchant: it runs hourly on its own, not in each sync.
+            selection=dg.AssetSelection.groups(entity.plural) - dg.AssetSelection.checks(freshness),
             tags={ENTITY_TAG: entity.value},
             description=f"One {entity.value} sync of one merchant (the partition): stage, then publish.",
             # One step per sync: in the run's process, or on a worker of the distributed engine.

@@ -17,6 +17,9 @@ from ..http import build_session, describe_error_body
 
 MAX_BATCH_ITEMS = 1000
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
+# Ours, not the gateway's: it refused the request holding this one item (400 or 413), so there
+# is no batch; the item is refused with the gateway's reason and the rest goes on.
+REFUSED_REQUEST = "REFUSED_REQUEST"
 
 
 class Operation(str, enum.Enum):
@@ -39,6 +42,10 @@ class BatchOutcome:
     @property
     def failed_ids(self) -> set[str]:
         return {str(item.get("id")) for item in self.failed_items}
+
+    @classmethod
+    def refused_request(cls, item_id: str, reason: str, operation: str) -> "BatchOutcome":
+        return cls("", REFUSED_REQUEST, 0, 1, [{"id": item_id, "reason": reason}], "0.00", operation)
 
     @classmethod
     def from_wire(cls, data: dict) -> "BatchOutcome":
@@ -158,7 +165,9 @@ class GatewayClient:
         if response.status_code < 400:
             return
         detail = describe_error_body(response)
-        raise GatewayError(f"{url}: HTTP {response.status_code} from the gateway: {detail}", http_status=response.status_code)
+        raise GatewayError(
+            f"{url}: HTTP {response.status_code} from the gateway: {detail}", http_status=response.status_code, detail=detail
+        )
 
 
 def _check_size(count: int) -> None:

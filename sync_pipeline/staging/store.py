@@ -26,6 +26,7 @@ import pyarrow as pa
 from .records import PageRows
 
 PENDING_PUBLISH, PENDING_DELETE = 1, 2
+PARKED_WHERE = "refused_hash = source_hash"  # refused at the version the source still has
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # UTC, as the state store's CSV files carry times
 
 # The state store's record columns (state/records.py COLUMNS), with their DuckDB types.
@@ -130,8 +131,17 @@ def connect_scratch(path: Path, *, memory_limit: str = "128MB", threads: int = 2
 
 
 class StagingStore:
-    def __init__(self, connection: duckdb.DuckDBPyConnection):
+    """`park_after`: a record refused this many times in a row at the same version is parked (not
+    sent again until its content changes); None never parks. `withdraw_invalid`: a record the
+    gateway holds whose source version became invalid is deleted from the gateway, instead of
+    the gateway keeping its last valid version."""
+
+    def __init__(
+        self, connection: duckdb.DuckDBPyConnection, *, park_after: int | None = None, withdraw_invalid: bool = False
+    ):
         self.db = connection
+        self.park_after = park_after
+        self.withdraw_invalid = withdraw_invalid
         self.db.execute(SCHEMA)
         self._outcomes: tuple[list, list, list, list, list] = ([], [], [], [], [])
 
@@ -199,7 +209,7 @@ class StagingStore:
             self.db.unregister("incoming_chunk")
 
     # --- stage -------------------------------------------------------------------------
-    def stage_fetched(self, sync_id: str, *, now: datetime, park_after: int | None = None) -> StageCounts:
+    def stage_fetched(self, sync_id: str, *, now: datetime) -> StageCounts:
         """Dedupe `fetched` (latest updatedAt wins) and fold what the source showed into `known`:
         new versions, records that became invalid (their last valid version is kept) or valid
         again, records that came back. Then say for each what the gateway is owed."""
@@ -249,7 +259,7 @@ class StagingStore:
                 """,
                 [now],
             )
-            self._settle_pending(park_after)
+            self._settle_pending()
             [(unique, valid)] = db.execute(
                 "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM fetched"
             ).fetchall()
@@ -259,15 +269,18 @@ class StagingStore:
             raise
         return StageCounts(fetched=fetched, unique=unique, valid=valid, rejected=unique - valid)
 
-    def _settle_pending(self, park_after: int | None) -> None:
+    def _settle_pending(self) -> None:
         """`pending` from the rest of the row: a confirmed deletion of something held is owed
-        as a delete; a valid version the gateway does not hold (and has not parked) as a publish."""
-        parked = "false" if park_after is None else f"(refused_hash = source_hash AND refused_times >= {int(park_after)})"
+        as a delete (and, if so set, a held record now invalid); a valid version the gateway
+        does not hold (and has not parked) as a publish."""
+        parked = "false" if self.park_after is None else f"({PARKED_WHERE} AND refused_times >= {int(self.park_after)})"
+        withdraw = "true" if self.withdraw_invalid else "false"
         self.db.execute(
             f"""
             UPDATE known SET pending = new_pending, dirty = true FROM (
                 SELECT record_id AS rid, CASE
                     WHEN gone_at IS NOT NULL THEN CASE WHEN held_hash IS NOT NULL THEN {PENDING_DELETE} ELSE 0 END
+                    WHEN {withdraw} AND rejected_reason IS NOT NULL AND held_hash IS NOT NULL THEN {PENDING_DELETE}
                     WHEN source_hash IS NOT NULL AND rejected_reason IS NULL
                          AND source_hash IS DISTINCT FROM held_hash AND NOT {parked} THEN {PENDING_PUBLISH}
                     ELSE 0 END AS new_pending
@@ -293,7 +306,7 @@ class StagingStore:
             """
         ).fetchall()
 
-    def mark_gone(self, ids: list[str], now: datetime, park_after: int | None = None) -> None:
+    def mark_gone(self, ids: list[str], now: datetime) -> None:
         """Records the source confirmed gone: deleted from the gateway if it holds them."""
         if not ids:
             return
@@ -304,7 +317,7 @@ class StagingStore:
             )
         finally:
             self.db.unregister("gone_ids")
-        self._settle_pending(park_after)
+        self._settle_pending()
 
     def held_count(self) -> int:
         return self._scalar("SELECT count(*) FROM known WHERE held_hash IS NOT NULL")
@@ -391,7 +404,7 @@ class StagingStore:
             self.db.unregister("outcomes_chunk")
         self._outcomes = ([], [], [], [], [])
 
-    def fold_outcomes(self, now: datetime, park_after: int | None = None) -> None:
+    def fold_outcomes(self, now: datetime) -> None:
         """Apply the buffered outcomes to `known` in one transaction: what the gateway now
         holds, refused (counting refusals of the same version in a row) or deleted."""
         self._flush_outcomes()
@@ -424,7 +437,7 @@ class StagingStore:
             )
             db.execute("INSERT INTO settled SELECT * FROM outcomes")
             db.execute("DELETE FROM outcomes")
-            self._settle_pending(park_after)
+            self._settle_pending()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

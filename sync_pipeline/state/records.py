@@ -145,6 +145,34 @@ def _sqlite_upsert(conn: sa.Connection, merchant: str, entity: EntityType, path:
     return count
 
 
+def problem_records(
+    engine: sa.Engine, merchant: str, entity: EntityType, park_after: int | None, limit: int = 20
+) -> dict[str, tuple[int, list[tuple[str, str]]]]:
+    """The records of (merchant, entity) a data engineer should look at, each kind as (count,
+    the first `limit` (id, reason)): `parked` (refused again and again at the version the source
+    still has: not sent until it changes) and `invalid_held` (published, then became invalid at
+    the source: the gateway keeps the last valid version)."""
+    key = (records.c.merchant_id == merchant, records.c.entity_type == entity.value)
+    kinds = {
+        "invalid_held": (records.c.rejected_reason, (records.c.rejected_reason.is_not(None), records.c.held_hash.is_not(None))),
+    }
+    if park_after:
+        kinds["parked"] = (
+            records.c.refused_reason,
+            (records.c.refused_hash == records.c.source_hash, records.c.refused_times >= park_after,
+             records.c.pending == 0),
+        )
+    found: dict[str, tuple[int, list[tuple[str, str]]]] = {"parked": (0, []), "invalid_held": (0, [])}
+    with engine.connect() as conn:
+        for kind, (reason, where) in kinds.items():
+            count = conn.execute(sa.select(sa.func.count()).where(*key, *where)).scalar_one()
+            listed = conn.execute(
+                sa.select(records.c.record_id, reason).where(*key, *where).order_by(records.c.record_id).limit(limit)
+            ).all() if count else []
+            found[kind] = (count, [(record_id, text or "") for record_id, text in listed])
+    return found
+
+
 def count_records(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
     with engine.connect() as conn:
         return conn.execute(

@@ -43,6 +43,10 @@ syncs = sa.Table(
     sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("deleted", sa.Integer, nullable=False, server_default="0"),
     sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
+    # after the sync, for its (merchant, type): records parked after repeated refusals, and
+    # records the gateway holds whose source version has since become invalid
+    sa.Column("parked", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("invalid_held", sa.Integer, nullable=False, server_default="0"),
     sa.Column("num_records", sa.Integer),
     sa.Column("data_pushed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error_message", sa.Text),
@@ -118,6 +122,13 @@ records = sa.Table(
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
     sa.Column("pending", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Index(
+        "records_refused",
+        "merchant_id",
+        "entity_type",
+        sqlite_where=sa.text("refused_hash IS NOT NULL OR rejected_reason IS NOT NULL"),
+        postgresql_where=sa.text("refused_hash IS NOT NULL OR rejected_reason IS NOT NULL"),
+    ),
+    sa.Index(
         "records_pending",
         "merchant_id",
         "entity_type",
@@ -188,6 +199,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX syncs_by_merchant_entity_time ON syncs (merchant_id, entity_type, requested_at)",
             "CREATE INDEX syncs_by_time ON syncs (requested_at)",
             "CREATE INDEX batches_by_key ON batches (idempotency_key)",
+            "ALTER TABLE syncs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE syncs ADD COLUMN invalid_held INTEGER NOT NULL DEFAULT 0",
         ],
     ),
 ]

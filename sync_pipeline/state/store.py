@@ -8,7 +8,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
 from ..errors import EntityBusy
+from ..settings import sync_lookback
 from . import records, schema
 from .schema import ACTIVE_CODES, SUCCESS_CODES, batches, syncs
 
@@ -50,6 +51,8 @@ class SyncRecord:
     failed: int
     deleted: int
     batches: int
+    parked: int
+    invalid_held: int
     num_records: int | None
     data_pushed: bool
     error_message: str | None
@@ -183,6 +186,7 @@ class StateStore:
         end: datetime | None = None,
         allow_deletions: bool = False,
         now: datetime | None = None,
+        lookback: timedelta | None = None,
     ) -> SyncRecord:
         """Insert a Queued sync with its window resolved now; the unique index lets in only
         one active sync per (merchant, type).
@@ -194,7 +198,8 @@ class StateStore:
         """
         now = now or utcnow()
         actual_mode, window = resolve_window(
-            mode, now=now, watermark=self.watermark(entity, merchant=merchant), sync_to=sync_to, start=start, end=end
+            mode, now=now, watermark=self.watermark(entity, merchant=merchant), sync_to=sync_to, start=start, end=end,
+            lookback=sync_lookback() if lookback is None else lookback,
         )
         sync_id = str(uuid.uuid4())
         values = dict(
@@ -389,6 +394,9 @@ class StateStore:
 
     def import_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.import_records(self.engine, merchant, entity, path)
+
+    def problem_records(self, entity: EntityType, park_after: int | None, *, merchant: str = DEFAULT_MERCHANT) -> dict:
+        return records.problem_records(self.engine, merchant, entity, park_after)
 
     def count_held(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.count_held(self.engine, merchant, entity)

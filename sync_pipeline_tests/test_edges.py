@@ -1,0 +1,121 @@
+"""No record lost, corrupted or stuck at the edges: one bad record never blocks a sync, the status
+tells the truth, failed deletions are kept, a published record that becomes invalid is visible."""
+
+import json
+
+import dagster as dg
+import pytest
+import requests
+
+from sync_pipeline.cli import main
+from sync_pipeline.domain import EntityType, SyncStatus, format_time, utcnow
+from sync_pipeline.settings import state_url
+from sync_pipeline.state import StateStore
+
+from .test_e2e import expected_gateway
+
+
+def last(entity=EntityType.PRODUCT):
+    store = StateStore(state_url())
+    try:
+        return store.history(entity, 1)[0]
+    finally:
+        store.dispose()
+
+
+def check(key: str, name: str):
+    with dg.DagsterInstance.get() as instance:
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey(key), name)]
+        )[dg.AssetCheckKey(dg.AssetKey(key), name)]
+    return record.event.asset_check_evaluation
+
+
+def test_one_record_the_gateway_finds_malformed_is_refused_alone_and_the_rest_is_published(sync_env, sandbox):
+    poisoned = sandbox.source("products")["records"][1234]["id"]
+    sandbox.admin("PUT", "/poison", json={"ids": [poisoned]})
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    sync = last()
+    refused = set(sandbox.source("products")["refused"])
+    assert sync.status is SyncStatus.PARTIAL_SUCCESS and sync.failed == len(refused) + 1
+    held = sandbox.gateway("PRODUCT")
+    expected = expected_gateway(sandbox, "PRODUCT")
+    assert poisoned not in held and held == {k: v for k, v in expected.items() if k != poisoned}
+    store = StateStore(state_url())
+    with store.engine.connect() as conn:
+        [(reason,)] = conn.exec_driver_sql(
+            "SELECT refused_reason FROM records WHERE record_id = ?", (poisoned,)
+        ).fetchall()
+    assert "HTTP 400" in reason and f"record {poisoned}" in reason  # the gateway's own detail
+    store.dispose()
+    sandbox.admin("PUT", "/poison", json={"ids": []})
+    assert main(["sync", "PRODUCT"]) == 0  # owed: fetched by id and sent again
+    assert sandbox.gateway("PRODUCT")[poisoned] == expected[poisoned]
+
+
+def test_a_permanently_refused_record_is_parked_and_the_catalogue_reads_success(sync_env, sandbox, capsys):
+    refused = sorted(sandbox.source("collections")["refused"])
+    assert main(["sync", "COLLECTION"]) == 0  # first: a full sync, refused once
+    assert (last(EntityType.COLLECTION).status, last(EntityType.COLLECTION).parked) == (SyncStatus.PARTIAL_SUCCESS, 0)
+    assert main(["sync", "COLLECTION"]) == 0  # owed, sent again, refused again at the same version: parked
+    second = last(EntityType.COLLECTION)
+    assert (second.status, second.failed, second.parked) == (SyncStatus.PARTIAL_SUCCESS, len(refused), len(refused))
+    applied = sandbox.stats()["gateway"]["itemsRefused"]
+    assert main(["sync", "COLLECTION"]) == 0
+    third = last(EntityType.COLLECTION)
+    assert (third.status, third.failed, third.parked) == (SyncStatus.SUCCESS, 0, len(refused))
+    assert sandbox.stats()["gateway"]["itemsRefused"] == applied  # not sent again
+    evaluation = check("collections_published", "parked_records")
+    assert not evaluation.passed and all(i in evaluation.metadata["first_ids"].value for i in refused)
+    capsys.readouterr()
+    assert main(["status", "COLLECTION"]) == 0
+    assert "parked" in capsys.readouterr().out
+
+
+def test_a_batch_that_fails_as_a_whole_ends_the_sync_4200_not_2100(sync_env, sandbox):
+    sandbox.admin("PUT", "/faults", json={"name": "batch-failed:gateway"})
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 1
+    sync = last()
+    assert sync.status is SyncStatus.GATEWAY_UNAVAILABLE and "ended FAILED" in sync.error_message
+    sandbox.admin("PUT", "/faults", json={"name": "none"})
+    assert main(["sync", "PRODUCT"]) == 0  # the watermark did not move: the same window again
+    assert sandbox.gateway("PRODUCT") == expected_gateway(sandbox, "PRODUCT")
+
+
+def test_a_deletion_that_failed_is_kept_and_a_latest_sync_sends_it(sync_env, sandbox):
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    gone = sandbox.admin("POST", "/source/products/delete", json={"count": 3})["ids"]
+    sandbox.admin("PUT", "/faults", json={"name": "auth:gateway"})  # the deletions cannot be sent
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 1
+    assert last().status is SyncStatus.GATEWAY_UNAVAILABLE
+    assert set(gone) <= set(sandbox.gateway("PRODUCT"))
+    sandbox.admin("PUT", "/faults", json={"name": "none"})
+    assert main(["sync", "PRODUCT"]) == 0  # a latest sync: it does not list them, yet owes them
+    assert last().deleted == 3 and not set(gone) & set(sandbox.gateway("PRODUCT"))
+
+
+def put_record(sandbox, record: dict) -> None:
+    requests.post(f"{sandbox.url}/_admin/source/products/put", data=json.dumps([record]), timeout=10).raise_for_status()
+
+
+@pytest.mark.parametrize("withdraw", [False, True])
+def test_a_published_record_that_becomes_invalid_is_kept_or_withdrawn_and_always_visible(sync_env, sandbox, monkeypatch, withdraw):
+    if withdraw:
+        monkeypatch.setenv("SYNC_WITHDRAW_INVALID", "true")
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    victim = next(r for r in sandbox.source("products")["records"] if r["id"] not in sandbox.source("products")["refused"]
+                  and r["id"] not in sandbox.source("products")["invalid"])
+    published = sandbox.gateway("PRODUCT")[victim["id"]]
+    put_record(sandbox, {**victim, "listPrice": -5, "updatedAt": format_time(utcnow())})
+    assert main(["sync", "PRODUCT"]) == 0
+    sync = last()
+    assert sync.rejected == 1
+    if withdraw:
+        assert sync.deleted == 1 and victim["id"] not in sandbox.gateway("PRODUCT")
+        assert sync.invalid_held == 0
+    else:
+        assert sandbox.gateway("PRODUCT")[victim["id"]] == published  # its last valid version
+        assert sync.invalid_held == 1
+        evaluation = check("products_published", "invalid_but_held")
+        assert not evaluation.passed and victim["id"] in evaluation.metadata["first_ids"].value
+        assert "listPrice is negative" in evaluation.metadata["first_ids"].value
