@@ -89,10 +89,18 @@ def test_latest_takes_an_optional_sync_to(api):
     assert response.status_code == 202 and response.json()["data"]["syncTo"] == sync_to
 
 
+def test_any_offset_and_a_lowercase_z_are_read_as_utc(api):
+    server, _ = api
+    body = {"start": "2025-03-01T01:00:00+01:00", "end": "2025-04-01t00:00:00z"}
+    data = requests.post(f"{server.url}/sync/PRODUCT/historic", headers=WRITE, json=body).json()["data"]
+    assert (data["windowStart"], data["windowEnd"]) == ("2025-03-01T00:00:00Z", "2025-04-01T00:00:00Z")
+
+
 @pytest.mark.parametrize(
     "body, detail",
     [
         ({"syncTo": "soon"}, "not an ISO-8601 time"),
+        ({"syncTo": "0001-01-01T00:00:00+01:00"}, "out of range"),
         ({"syncTo": "2999-01-01T00:00:00Z"}, "future"),
         ({"syncTo": 5}, "syncTo"),
         ({"synTo": "2025-01-01T00:00:00Z"}, "synTo"),

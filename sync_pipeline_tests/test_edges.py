@@ -2,6 +2,7 @@
 tells the truth, failed deletions are kept, a published record that becomes invalid is visible."""
 
 import json
+from datetime import timedelta
 
 import dagster as dg
 import pytest
@@ -119,3 +120,35 @@ def test_a_published_record_that_becomes_invalid_is_kept_or_withdrawn_and_always
         evaluation = check("products_published", "invalid_but_held")
         assert not evaluation.passed and victim["id"] in evaluation.metadata["first_ids"].value
         assert "listPrice is negative" in evaluation.metadata["first_ids"].value
+
+
+@pytest.mark.parametrize("lookback, caught", [("10m", True), ("0", False)])
+def test_a_late_committed_record_is_caught_by_the_lookback(sync_env, sandbox, monkeypatch, lookback, caught):
+    monkeypatch.setenv("SYNC_LOOKBACK", lookback)
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    first = last()
+    # committed after the sync ended, stamped 30 s before: inside the window already synced
+    [late] = sandbox.admin("POST", "/source/products/create", json={"count": 1, "updatedAtOffsetSeconds": -30})["ids"]
+    late_at = {r["id"]: r for r in sandbox.source("products")["records"] if "id" in r}[late]["updatedAt"]
+    assert late_at < format_time(first.window_end)
+    assert main(["sync", "PRODUCT"]) == 0
+    second = last()
+    assert (late in sandbox.gateway("PRODUCT")) is caught
+    if caught:  # the history shows the window actually read
+        assert second.window_start == first.window_end - timedelta(minutes=10)
+        assert second.published == 1  # the overlap re-read everything else unchanged: nothing else sent
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00", "2025-02-30T00:00:00Z"])
+def test_a_time_out_of_range_is_a_clear_error_not_a_traceback(sync_env, capsys, text):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sync", "PRODUCT", "--sync-to", text])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "error" in err[0] and "Traceback" not in err[0]
+
+
+def test_times_take_any_offset_and_a_lowercase_z(sync_env, sandbox):
+    assert main(["sync", "COLLECTION", "--mode", "historic", "--start", "2025-03-01t00:00:00z",
+                 "--end", "2025-03-31T23:00:00-01:00"]) == 0
+    sync = last(EntityType.COLLECTION)
+    assert (format_time(sync.window_start), format_time(sync.window_end)) == ("2025-03-01T00:00:00Z", "2025-04-01T00:00:00Z")

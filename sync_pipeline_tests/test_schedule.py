@@ -2,7 +2,7 @@
 reads, runs that take their lease when they start, and a tick for 1,000 merchants."""
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
@@ -11,7 +11,7 @@ from sync_pipeline.cli import main
 from sync_pipeline.defs import build_defs
 from sync_pipeline.defs.partitions import ensure_merchant_partitions
 from sync_pipeline.defs.resources import StateStoreResource
-from sync_pipeline.defs.runs import LEASE_TAG, ORIGIN_TAG, PARTITION_TAG, SYNC_TO_TAG
+from sync_pipeline.defs.runs import LEASE_TAG, MODE_TAG, ORIGIN_TAG, PARTITION_TAG, SYNC_TO_TAG
 from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, utcnow
 from sync_pipeline.merchants import MerchantRegistry, MerchantSpec
 from sync_pipeline.settings import state_url
@@ -23,6 +23,7 @@ SECRET = "a-test-secret-key-of-at-least-32-characters"
 @pytest.fixture
 def registry(sync_env, monkeypatch):
     monkeypatch.setenv("SYNC_SECRET_KEY", SECRET)
+    monkeypatch.setenv("SYNC_RECONCILE_DAY", "off")  # every day a latest sync, unless a test says so
     return MerchantRegistry(StateStore(state_url()))
 
 
@@ -43,8 +44,8 @@ def evaluate_schedule(instance, name: str, when: datetime):
         return schedule.evaluate_tick(context)
 
 
-def at_hour(hour: int) -> datetime:
-    return datetime(2026, 3, 1, hour, tzinfo=timezone.utc)
+def at_hour(hour: int, day: int = 2) -> datetime:
+    return datetime(2026, 3, day, hour, tzinfo=timezone.utc)  # 2026-03-02 is a Monday
 
 
 def test_the_daily_schedules_tick_every_hour_in_utc_and_run_by_default():
@@ -63,10 +64,21 @@ def test_a_tick_asks_for_each_merchant_due_in_its_hour_and_queues_nothing(regist
         later = evaluate_schedule(instance, "daily_products_sync", at_hour(5))
     assert [r.tags[PARTITION_TAG] for r in result.run_requests] == ["default", "acme"]  # default's hour is 2
     request = result.run_requests[1]
-    assert request.tags[ORIGIN_TAG] == "schedule" and request.tags[SYNC_TO_TAG] == "2026-03-01T02:00:00Z"
+    assert request.tags[ORIGIN_TAG] == "schedule" and request.tags[SYNC_TO_TAG] == "2026-03-02T02:00:00Z"
     assert request.tags[LEASE_TAG] == "acme/PRODUCT"
     assert [r.tags[PARTITION_TAG] for r in later.run_requests] == ["zeta"]
     assert registry.store.active_syncs() == []  # evaluating a tick has no side effect
+
+
+def test_on_the_reconcile_day_the_daily_sync_is_a_full_one(registry, monkeypatch):
+    add(registry, "acme", 2)
+    monkeypatch.setenv("SYNC_RECONCILE_DAY", "sunday")
+    with dg.DagsterInstance.get() as instance:
+        monday = evaluate_schedule(instance, "daily_products_sync", at_hour(2, day=2))
+        sunday = evaluate_schedule(instance, "daily_products_sync", at_hour(2, day=8))
+    assert {r.tags[MODE_TAG] for r in monday.run_requests} == {"latest"}
+    assert {r.tags[MODE_TAG] for r in sunday.run_requests} == {"full"}
+    assert all(SYNC_TO_TAG not in r.tags for r in sunday.run_requests)
 
 
 def test_a_tick_skips_a_merchant_whose_type_is_busy(registry):
@@ -93,7 +105,7 @@ def test_a_scheduled_run_takes_its_lease_and_syncs_up_to_its_tick(registry, sand
     assert run.success
     [sync, _] = registry.store.history(EntityType.COLLECTION)
     assert (sync.origin, sync.mode, sync.status) == ("schedule", SyncMode.LATEST, SyncStatus.PARTIAL_SUCCESS)
-    assert (sync.window_start, sync.window_end) == (watermark, tick)
+    assert (sync.window_start, sync.window_end) == (watermark - timedelta(minutes=10), tick)  # the lookback
 
 
 def test_a_scheduled_run_that_finds_its_type_busy_skips_quietly(registry):

@@ -212,3 +212,12 @@ def test_changes_come_in_id_order_across_slices(syncs, monkeypatch):
     chunks = list(staging.changed_since_publish(8))
     assert [len(c) for c in chunks] == [8, 8, 8, 8, 8, 8, 2]
     assert [r.id for c in chunks for r in c] == [r["id"] for r in records]
+
+
+def test_an_updated_at_without_an_offset_is_utc_in_duckdb_as_in_python(syncs):
+    from sync_pipeline.domain import parse_time
+
+    staging = syncs.next()
+    stage(staging, [product("a", "2025-03-01T10:00:00"), product("b", "2025-03-01T10:00:00+02:00")])
+    found = dict(staging.db.execute("SELECT record_id, source_updated_at FROM known").fetchall())
+    assert found["a"] == parse_time("2025-03-01T10:00:00") and found["b"] == parse_time("2025-03-01T08:00:00Z")

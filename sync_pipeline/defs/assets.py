@@ -23,7 +23,7 @@ from ..state import StateStore, SyncRecord
 from . import checks
 from .partitions import merchant_partitions
 from .resources import GatewayResource, ProductServiceResource, StateStoreResource
-from .runs import ORIGIN_TAG, SYNC_ID_TAG, SYNC_TO_TAG, close_abandoned
+from .runs import MODE_TAG, ORIGIN_TAG, SYNC_ID_TAG, SYNC_TO_TAG, close_abandoned
 
 # One run per merchant: a backfill over all merchants is as many runs, which the run queue
 # takes a few at a time (SYNC_MAX_CONCURRENT_SYNCS).
@@ -51,7 +51,9 @@ def _optional_time(text: Optional[str]):
 def _request_from(context: dg.AssetExecutionContext, config: SyncConfig) -> dict:
     """The sync a run without a queued request asks for: from its config, or its schedule's tags."""
     tags = context.run.tags
-    mode = config.mode or (SyncMode.HISTORIC.value if config.start or config.end else SyncMode.LATEST.value)
+    mode = config.mode or tags.get(MODE_TAG) or (
+        SyncMode.HISTORIC.value if config.start or config.end else SyncMode.LATEST.value
+    )
     return dict(
         mode=SyncMode(mode),
         sync_to=_optional_time(config.sync_to or tags.get(SYNC_TO_TAG)),

@@ -12,7 +12,7 @@ import socket
 
 import dagster as dg
 
-from ..domain import EntityType, SyncStatus, format_time
+from ..domain import EntityType, SyncMode, SyncStatus, format_time
 from ..settings import scratch_path
 from ..state import StateStore, SyncRecord
 
@@ -20,6 +20,7 @@ PARTITION_TAG = "dagster/partition"
 SYNC_ID_TAG = "sync_pipeline/sync_id"
 ORIGIN_TAG = "sync_pipeline/origin"
 SYNC_TO_TAG = "sync_pipeline/sync_to"
+MODE_TAG = "sync_pipeline/mode"
 ENTITY_TAG = "sync_entity_type"
 MERCHANT_TAG = "sync_merchant"
 # The run queue's limit key (dagster.yaml): one run per unique value, i.e. per (merchant, type).
@@ -44,9 +45,13 @@ def run_tags_for(sync: SyncRecord) -> dict[str, str]:
     return {SYNC_ID_TAG: sync.sync_id, **lease_tags(sync.merchant_id, sync.entity_type)}
 
 
-def scheduled_run_tags(merchant: str, entity: EntityType, sync_to) -> dict[str, str]:
-    """The tags of a daily run: it takes its lease when it starts, syncing up to the tick."""
-    return {ORIGIN_TAG: "schedule", SYNC_TO_TAG: format_time(sync_to), **lease_tags(merchant, entity)}
+def scheduled_run_tags(merchant: str, entity: EntityType, sync_to, mode: SyncMode) -> dict[str, str]:
+    """The tags of a daily run: it takes its lease when it starts, syncing up to the tick (a
+    latest sync, or on the reconcile day a full one)."""
+    tags = {ORIGIN_TAG: "schedule", MODE_TAG: mode.value, **lease_tags(merchant, entity)}
+    if mode is SyncMode.LATEST:
+        tags[SYNC_TO_TAG] = format_time(sync_to)
+    return tags
 
 
 def process_is_gone(host: str | None, pid: int | None) -> bool:

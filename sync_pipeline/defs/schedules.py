@@ -6,8 +6,9 @@ busy, and each run takes its lease when it starts. So evaluating the schedule (a
 
 import dagster as dg
 
-from ..domain import EntityType, utcnow
+from ..domain import EntityType, SyncMode, utcnow
 from ..merchants import MerchantRegistry
+from ..settings import reconcile_weekday
 from .partitions import ensure_merchant_partitions
 from .resources import StateStoreResource
 from .runs import PARTITION_TAG, scheduled_run_tags
@@ -17,11 +18,16 @@ FRESHNESS_CRON = "17 * * * *"
 
 
 def daily_sync_requests(registry: MerchantRegistry, entity: EntityType, tick) -> list[dg.RunRequest] | dg.SkipReason:
-    """A latest sync of `entity`, up to the tick, for each enabled merchant due in the tick's hour."""
+    """A latest sync of `entity`, up to the tick, for each enabled merchant due in the tick's
+    hour; on the reconcile day (SYNC_RECONCILE_DAY, default Sunday) a full one, which catches
+    anything a latest window could not see and propagates deletions, under the deletion guard."""
     due = registry.due_at(tick.hour)
     busy = {sync.merchant_id for sync in registry.store.active_syncs() if sync.entity_type is entity}
+    mode = SyncMode.FULL if tick.weekday() == reconcile_weekday() else SyncMode.LATEST
     requests = [
-        dg.RunRequest(run_key=f"{merchant}|{entity.value}|{tick.isoformat()}", tags=scheduled_run_tags(merchant, entity, tick))
+        dg.RunRequest(
+            run_key=f"{merchant}|{entity.value}|{tick.isoformat()}", tags=scheduled_run_tags(merchant, entity, tick, mode)
+        )
         for merchant in due
         if merchant not in busy
     ]
@@ -56,8 +62,8 @@ def build_daily_schedule(entity: EntityType, job) -> dg.ScheduleDefinition:
         required_resource_keys={"state_store"},
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Every hour, a latest {entity.value} sync, up to the tick, of each enabled merchant whose"
-        " syncHourUtc it is (default 02:00 UTC); a merchant whose sync of the type is already queued or"
-        " running is skipped.",
+        " syncHourUtc it is (default 02:00 UTC); on the reconcile day (SYNC_RECONCILE_DAY, default Sunday) a"
+        " full one. A merchant whose sync of the type is already queued or running is skipped.",
     )
 
 
