@@ -128,7 +128,7 @@ def _sync(args) -> int:
     from .defs import build_defs
     from .defs.partitions import ensure_merchant_partitions
     from .defs.runs import close_abandoned, run_tags_for
-    from .defs.sensors import job_name
+    from .defs.runs import job_name
     from .merchants import MerchantRegistry
     from .settings import state_url
     from .state import open_state_store

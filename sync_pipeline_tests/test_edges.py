@@ -152,3 +152,17 @@ def test_times_take_any_offset_and_a_lowercase_z(sync_env, sandbox):
                  "--end", "2025-03-31T23:00:00-01:00"]) == 0
     sync = last(EntityType.COLLECTION)
     assert (format_time(sync.window_start), format_time(sync.window_end)) == ("2025-03-01T00:00:00Z", "2025-04-01T00:00:00Z")
+
+
+def test_collections_naming_products_the_gateway_does_not_hold_are_listed(sync_env, sandbox):
+    assert main(["sync", "COLLECTION", "--mode", "full"]) == 0  # before any product: every reference is missing
+    early = check("collections_published", "products_referenced_are_held")
+    assert not early.passed and early.metadata["collections_with_missing_products"].value > 0
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
+    later = check("collections_published", "products_referenced_are_held")
+    # left: collections naming the products the gateway refuses or the source has invalid
+    unheld = set(sandbox.source("products")["refused"]) | set(sandbox.source("products")["invalid"])
+    named = {c["id"] for c in sandbox.source("collections")["records"]
+             if "id" in c and set(c.get("productIds") or []) & unheld}
+    assert later.metadata["collections_with_missing_products"].value <= len(named)

@@ -48,11 +48,10 @@ def at_hour(hour: int, day: int = 2) -> datetime:
     return datetime(2026, 3, day, hour, tzinfo=timezone.utc)  # 2026-03-02 is a Monday
 
 
-def test_the_daily_schedules_tick_every_hour_in_utc_and_run_by_default():
-    for name in ("daily_products_sync", "daily_collections_sync"):
-        schedule = build_defs().resolve_schedule_def(name)
-        assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 * * * *", "UTC")
-        assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+def test_the_daily_schedule_ticks_every_hour_in_utc_and_runs_by_default():
+    schedule = build_defs().resolve_schedule_def("daily_sync")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 * * * *", "UTC")
+    assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
 
 
 def test_a_tick_asks_for_each_merchant_due_in_its_hour_and_queues_nothing(registry):
@@ -60,8 +59,8 @@ def test_a_tick_asks_for_each_merchant_due_in_its_hour_and_queues_nothing(regist
     add(registry, "zeta", 5)
     add(registry, "gone", 2, enabled=False)
     with dg.DagsterInstance.get() as instance:
-        result = evaluate_schedule(instance, "daily_products_sync", at_hour(2))
-        later = evaluate_schedule(instance, "daily_products_sync", at_hour(5))
+        result = evaluate_schedule(instance, "daily_sync", at_hour(2))
+        later = evaluate_schedule(instance, "daily_sync", at_hour(5))
     assert [r.tags[PARTITION_TAG] for r in result.run_requests] == ["default", "acme"]  # default's hour is 2
     request = result.run_requests[1]
     assert request.tags[ORIGIN_TAG] == "schedule" and request.tags[SYNC_TO_TAG] == "2026-03-02T02:00:00Z"
@@ -74,36 +73,50 @@ def test_on_the_reconcile_day_the_daily_sync_is_a_full_one(registry, monkeypatch
     add(registry, "acme", 2)
     monkeypatch.setenv("SYNC_RECONCILE_DAY", "sunday")
     with dg.DagsterInstance.get() as instance:
-        monday = evaluate_schedule(instance, "daily_products_sync", at_hour(2, day=2))
-        sunday = evaluate_schedule(instance, "daily_products_sync", at_hour(2, day=8))
+        monday = evaluate_schedule(instance, "daily_sync", at_hour(2, day=2))
+        sunday = evaluate_schedule(instance, "daily_sync", at_hour(2, day=8))
     assert {r.tags[MODE_TAG] for r in monday.run_requests} == {"latest"}
     assert {r.tags[MODE_TAG] for r in sunday.run_requests} == {"full"}
     assert all(SYNC_TO_TAG not in r.tags for r in sunday.run_requests)
 
 
-def test_a_tick_skips_a_merchant_whose_type_is_busy(registry):
-    add(registry, "acme", 2)
-    busy = registry.store.enqueue_sync(EntityType.COLLECTION, SyncMode.LATEST, origin="api", merchant="acme")
+def evaluate_chain(instance, cursor=None):
+    defs = build_defs()
+    with dg.build_sensor_context(instance=instance, cursor=cursor, repository_def=defs.get_repository_def()) as context:
+        return defs.resolve_sensor_def("daily_collections_after_products").evaluate_tick(context)
+
+
+def test_a_merchants_collections_follow_its_products_run_whatever_its_outcome(registry, sandbox):
+    defs = build_defs()
     with dg.DagsterInstance.get() as instance:
-        collections = evaluate_schedule(instance, "daily_collections_sync", at_hour(2))
-        products = evaluate_schedule(instance, "daily_products_sync", at_hour(2))
-    assert [r.tags[PARTITION_TAG] for r in collections.run_requests] == ["default"]
-    assert [r.tags[PARTITION_TAG] for r in products.run_requests] == ["default", "acme"]
-    assert [s.sync_id for s in registry.store.history(EntityType.COLLECTION, merchant="acme")] == [busy.sync_id]
+        [request] = evaluate_schedule(instance, "daily_sync", at_hour(2)).run_requests
+        assert evaluate_chain(instance).skip_message  # nothing has ended yet
+        products = defs.resolve_job_def("sync_products").execute_in_process(instance=instance, tags=request.tags)
+        assert products.success
+        chained = evaluate_chain(instance)
+        [collections] = chained.run_requests
+        assert collections.job_name == "sync_collections" and collections.run_key == "default|COLLECTION|2026-03-02T02:00:00+00:00"
+        assert {k: collections.tags[k] for k in (PARTITION_TAG, MODE_TAG, SYNC_TO_TAG)} == {
+            PARTITION_TAG: "default", MODE_TAG: "latest", SYNC_TO_TAG: "2026-03-02T02:00:00Z"}
+        assert not evaluate_chain(instance, chained.cursor).run_requests  # asked for once
+        run = defs.resolve_job_def("sync_collections").execute_in_process(instance=instance, tags=collections.tags)
+        assert run.success
+    [sync] = registry.store.history(EntityType.COLLECTION)
+    [product_sync] = registry.store.history(EntityType.PRODUCT)
+    assert sync.origin == "schedule" and sync.started_at > product_sync.finished_at
 
 
 def test_a_scheduled_run_takes_its_lease_and_syncs_up_to_its_tick(registry, sandbox):
-    assert main(["sync", "COLLECTION", "--mode", "full"]) == 0
-    watermark = registry.store.watermark(EntityType.COLLECTION)
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    watermark = registry.store.watermark(EntityType.PRODUCT)
     tick = utcnow().replace(microsecond=0)
     defs = build_defs()
     with dg.DagsterInstance.get() as instance:
-        [request] = evaluate_schedule(instance, "daily_collections_sync", tick.replace(minute=0, second=0)
-                                      if tick.hour == 2 else tick.replace(hour=2, minute=0, second=0)).run_requests
+        [request] = evaluate_schedule(instance, "daily_sync", at_hour(2)).run_requests
         tags = {**request.tags, SYNC_TO_TAG: tick.isoformat()}
-        run = defs.resolve_job_def("sync_collections").execute_in_process(instance=instance, tags=tags)
+        run = defs.resolve_job_def("sync_products").execute_in_process(instance=instance, tags=tags)
     assert run.success
-    [sync, _] = registry.store.history(EntityType.COLLECTION)
+    [sync, _] = registry.store.history(EntityType.PRODUCT)
     assert (sync.origin, sync.mode, sync.status) == ("schedule", SyncMode.LATEST, SyncStatus.PARTIAL_SUCCESS)
     assert (sync.window_start, sync.window_end) == (watermark - timedelta(minutes=10), tick)  # the lookback
 
@@ -133,7 +146,7 @@ def test_a_tick_for_a_thousand_merchants_takes_well_under_the_tick_timeout(regis
         ])
     with dg.DagsterInstance.get() as instance:
         started = time.perf_counter()
-        result = evaluate_schedule(instance, "daily_products_sync", at_hour(2))
+        result = evaluate_schedule(instance, "daily_sync", at_hour(2))
         seconds = time.perf_counter() - started
     assert len(result.run_requests) == 1001
     with capsys.disabled():

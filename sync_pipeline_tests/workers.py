@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from sync_pipeline.defs import build_defs
-from sync_pipeline.defs.sensors import job_name
+from sync_pipeline.defs.runs import job_name
 from sync_pipeline.domain import EntityType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

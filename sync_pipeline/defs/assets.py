@@ -149,7 +149,10 @@ def build_sync_assets(entity: EntityType) -> dg.AssetsDefinition:
                 ),
             ),
             dg.AssetSpec(
-                published_key, group_name=name, kinds={"api"}, deps=[staged_key], skippable=True,
+                published_key, group_name=name, kinds={"api"}, skippable=True,
+                # collections are published after the products they name (the daily run of a
+                # merchant's collections follows its products run: sensors.py)
+                deps=[staged_key, *([dg.AssetKey("products_published")] if entity is EntityType.COLLECTION else [])],
                 description=(
                     f"The {name} the gateway catalogue holds: the staged records whose content changed since"
                     " the gateway accepted them (and a full sync's confirmed deletions), sent in batches of"
@@ -157,7 +160,10 @@ def build_sync_assets(entity: EntityType) -> dg.AssetsDefinition:
                 ),
             ),
         ],
-        check_specs=[*checks.staged_check_specs(staged_key), *checks.published_check_specs(published_key)],
+        check_specs=[
+            *checks.staged_check_specs(staged_key), *checks.published_check_specs(published_key),
+            *([checks.references_check_spec(published_key)] if entity is EntityType.COLLECTION else []),
+        ],
         partitions_def=merchant_partitions,
         backfill_policy=BACKFILL_POLICY,
         # Subsettable only so that a skipped daily run may materialize nothing: a sync always
@@ -300,8 +306,20 @@ def _published_result(
             matches,
             checks.batch_failures_result(key, result),
             *checks.problem_records_results(key, problems),
+            *([_references_result(key, state, scratch, sync)] if sync.entity_type is EntityType.COLLECTION else []),
         ],
     )
+
+
+def _references_result(key: dg.AssetKey, state: StateStore, scratch: SyncScratch, sync: SyncRecord):
+    """Which collections of this sync name products the gateway does not hold."""
+    references = scratch.staging.referenced_ids()
+    held = state.held_among(EntityType.PRODUCT, (product for _, product in references), merchant=sync.merchant_id)
+    missing: dict[str, list[str]] = {}
+    for collection, product in references:
+        if product not in held:
+            missing.setdefault(collection, []).append(product)
+    return checks.references_result(key, missing, len({collection for collection, _ in references}))
 
 
 def _outcome(result: PublishResult) -> tuple[SyncStatus, str | None]:

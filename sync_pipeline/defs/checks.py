@@ -21,6 +21,7 @@ GATEWAY_MATCHES_STAGING = "gateway_matches_staging"
 BATCH_FAILURES = "batch_failures"
 PARKED = "parked_records"
 INVALID_HELD = "invalid_but_held"
+REFERENCES_HELD = "products_referenced_are_held"
 FRESHNESS = "fresh_within_26h"
 
 
@@ -54,6 +55,33 @@ def published_check_specs(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             " valid one unless SYNC_WITHDRAW_INVALID is set). The metadata lists them with the reason.",
         ),
     ]
+
+
+def references_check_spec(key: dg.AssetKey) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        REFERENCES_HELD, asset=key,
+        description="Every product the collections of the sync reference is held by the gateway (collections are"
+        " published after the products they reference). The metadata lists collections with missing products.",
+    )
+
+
+def references_result(key: dg.AssetKey, missing: dict[str, list[str]], collections: int) -> dg.AssetCheckResult:
+    """`missing`: collection id -> the product ids it names that the gateway does not hold."""
+    listed = sorted(missing.items())[:20]
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=REFERENCES_HELD,
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "collections_checked": collections,
+            "collections_with_missing_products": len(missing),
+            "missing_products": sum(len(ids) for ids in missing.values()),
+            "first": dg.MetadataValue.md(
+                "\n".join(f"- `{c}`: {', '.join(ids[:10])}{' …' if len(ids) > 10 else ''}" for c, ids in listed) or "none"
+            ),
+        },
+    )
 
 
 def problem_records_results(key: dg.AssetKey, problems: dict) -> list[dg.AssetCheckResult]:

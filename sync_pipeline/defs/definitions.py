@@ -11,7 +11,8 @@ from .executors import sync_executor
 from .resources import default_resources
 from .runs import ENTITY_TAG
 from .schedules import build_daily_schedule, build_freshness_schedule
-from .sensors import build_merchant_partitions_sensor, build_sync_requests_sensor, job_name
+from .runs import job_name
+from .sensors import build_collections_after_products_sensor, build_merchant_partitions_sensor, build_sync_requests_sensor
 
 
 def build_defs() -> dg.Definitions:
@@ -31,20 +32,22 @@ def build_defs() -> dg.Definitions:
             executor_def=sync_executor(),
         )
         jobs.append(job)
-        schedules.append(build_daily_schedule(entity, job))
     freshness_job = dg.define_asset_job(
         "check_freshness",
         selection=dg.AssetSelection.checks(*freshness_checks),
         description="The freshness checks alone: has each type synced successfully within 26 hours?",
     )
-    schedules.append(build_freshness_schedule(freshness_job))
+    products_job = next(job for job in jobs if job.name == job_name(EntityType.PRODUCT))
+    schedules += [build_daily_schedule(products_job), build_freshness_schedule(freshness_job)]
     resources = default_resources()
     return dg.Definitions(
         assets=assets,
         asset_checks=freshness_checks,
         jobs=[*jobs, freshness_job],
         schedules=schedules,
-        sensors=[build_sync_requests_sensor(jobs), build_merchant_partitions_sensor()],
+        sensors=[
+            build_sync_requests_sensor(jobs), build_merchant_partitions_sensor(), build_collections_after_products_sensor()
+        ],
         resources=resources,
         executor=sync_executor(),
     )

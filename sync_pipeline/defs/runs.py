@@ -21,10 +21,15 @@ SYNC_ID_TAG = "sync_pipeline/sync_id"
 ORIGIN_TAG = "sync_pipeline/origin"
 SYNC_TO_TAG = "sync_pipeline/sync_to"
 MODE_TAG = "sync_pipeline/mode"
+TICK_TAG = "sync_pipeline/tick"
 ENTITY_TAG = "sync_entity_type"
 MERCHANT_TAG = "sync_merchant"
 # The run queue's limit key (dagster.yaml): one run per unique value, i.e. per (merchant, type).
 LEASE_TAG = "sync_lease"
+
+
+def job_name(entity: EntityType) -> str:
+    return f"sync_{entity.plural}"
 
 
 def lease_tags(merchant: str, entity: EntityType) -> dict[str, str]:
@@ -48,7 +53,7 @@ def run_tags_for(sync: SyncRecord) -> dict[str, str]:
 def scheduled_run_tags(merchant: str, entity: EntityType, sync_to, mode: SyncMode) -> dict[str, str]:
     """The tags of a daily run: it takes its lease when it starts, syncing up to the tick (a
     latest sync, or on the reconcile day a full one)."""
-    tags = {ORIGIN_TAG: "schedule", MODE_TAG: mode.value, **lease_tags(merchant, entity)}
+    tags = {ORIGIN_TAG: "schedule", TICK_TAG: format_time(sync_to), MODE_TAG: mode.value, **lease_tags(merchant, entity)}
     if mode is SyncMode.LATEST:
         tags[SYNC_TO_TAG] = format_time(sync_to)
     return tags

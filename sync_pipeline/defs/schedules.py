@@ -1,8 +1,11 @@
 """The daily sync of every merchant in its own hour, and the hourly freshness checks.
 
-A tick only reads: it asks for a run per (merchant, type) due this hour that is not already
-busy, and each run takes its lease when it starts. So evaluating the schedule (a retried tick,
-*Test schedule* in the UI, a preview) never leaves a queued sync behind that no run will pick up."""
+A tick only reads: it asks for a products run per merchant due this hour, and each run takes
+its lease when it starts (or, finding its (merchant, type) busy, skips quietly; the run queue
+holds it behind a queued one). So evaluating the schedule (a retried tick, *Test schedule* in the
+UI, a preview) never leaves a queued sync behind that no run will pick up. Each merchant's
+collections follow when its products run ends (sensors.py): collections are published after
+the products they reference."""
 
 import dagster as dg
 
@@ -11,40 +14,39 @@ from ..merchants import MerchantRegistry
 from ..settings import reconcile_weekday
 from .partitions import ensure_merchant_partitions
 from .resources import StateStoreResource
-from .runs import PARTITION_TAG, scheduled_run_tags
+from .runs import PARTITION_TAG, job_name, scheduled_run_tags
 
 HOURLY_CRON = "0 * * * *"
 FRESHNESS_CRON = "17 * * * *"
 
 
-def daily_sync_requests(registry: MerchantRegistry, entity: EntityType, tick) -> list[dg.RunRequest] | dg.SkipReason:
-    """A latest sync of `entity`, up to the tick, for each enabled merchant due in the tick's
-    hour; on the reconcile day (SYNC_RECONCILE_DAY, default Sunday) a full one, which catches
-    anything a latest window could not see and propagates deletions, under the deletion guard."""
+def daily_mode(tick) -> SyncMode:
+    """Latest, or on the reconcile day (SYNC_RECONCILE_DAY, default Sunday) full: a full sync
+    catches anything a latest window could not see and propagates deletions (under the guard)."""
+    return SyncMode.FULL if tick.weekday() == reconcile_weekday() else SyncMode.LATEST
+
+
+def daily_run_request(merchant: str, entity: EntityType, tick, mode: SyncMode) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=f"{merchant}|{entity.value}|{tick.isoformat()}", job_name=job_name(entity),
+        tags=scheduled_run_tags(merchant, entity, tick, mode),
+    )
+
+
+def daily_sync_requests(registry: MerchantRegistry, tick) -> list[dg.RunRequest] | dg.SkipReason:
+    """A products sync, up to the tick, for each enabled merchant due in the tick's hour."""
     due = registry.due_at(tick.hour)
-    busy = {sync.merchant_id for sync in registry.store.active_syncs() if sync.entity_type is entity}
-    mode = SyncMode.FULL if tick.weekday() == reconcile_weekday() else SyncMode.LATEST
-    requests = [
-        dg.RunRequest(
-            run_key=f"{merchant}|{entity.value}|{tick.isoformat()}", tags=scheduled_run_tags(merchant, entity, tick, mode)
-        )
-        for merchant in due
-        if merchant not in busy
-    ]
-    if not requests:
-        return dg.SkipReason(
-            f"no merchant is due at {tick.hour:02d}:00 UTC" if not due
-            else f"every {entity.value} sync due at {tick.hour:02d}:00 UTC is already queued or running: "
-            + ", ".join(sorted(busy & set(due))[:10])
-        )
-    return requests
+    if not due:
+        return dg.SkipReason(f"no merchant is due at {tick.hour:02d}:00 UTC")
+    mode = daily_mode(tick)
+    return [daily_run_request(merchant, EntityType.PRODUCT, tick, mode) for merchant in due]
 
 
-def build_daily_schedule(entity: EntityType, job) -> dg.ScheduleDefinition:
+def build_daily_schedule(job) -> dg.ScheduleDefinition:
     def evaluate(context: dg.ScheduleEvaluationContext):
         state_store: StateStoreResource = context.resources.state_store
         tick = min(context.scheduled_execution_time or utcnow(), utcnow())
-        result = daily_sync_requests(state_store.registry(), entity, tick)
+        result = daily_sync_requests(state_store.registry(), tick)
         if isinstance(result, dg.SkipReason):
             yield result
             return
@@ -54,16 +56,16 @@ def build_daily_schedule(entity: EntityType, job) -> dg.ScheduleDefinition:
         yield from result
 
     return dg.ScheduleDefinition(
-        name=f"daily_{entity.plural}_sync",
+        name="daily_sync",
         cron_schedule=HOURLY_CRON,
         execution_timezone="UTC",
         job=job,
         execution_fn=evaluate,
         required_resource_keys={"state_store"},
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Every hour, a latest {entity.value} sync, up to the tick, of each enabled merchant whose"
-        " syncHourUtc it is (default 02:00 UTC); on the reconcile day (SYNC_RECONCILE_DAY, default Sunday) a"
-        " full one. A merchant whose sync of the type is already queued or running is skipped.",
+        description="Every hour, a latest products sync, up to the tick, of each enabled merchant whose syncHourUtc"
+        " it is (default 02:00 UTC), then its collections (sensor daily_collections_after_products); on the"
+        " reconcile day (SYNC_RECONCILE_DAY, default Sunday) full ones.",
     )
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ..domain import EntityType, SyncStatus
+from datetime import datetime, timezone
+
+from ..domain import EntityType, SyncMode, SyncStatus, parse_time
 from .partitions import MERCHANT_PARTITIONS, ensure_merchant_partitions
 from .resources import StateStoreResource
-from .runs import close_abandoned, run_tags_for
+from .runs import MODE_TAG, ORIGIN_TAG, PARTITION_TAG, TICK_TAG, close_abandoned, job_name, run_tags_for
+from .schedules import daily_run_request
 
 LAUNCHED_BY_SENSOR = ("api",)
-
-
-def job_name(entity: EntityType) -> str:
-    return f"sync_{entity.plural}"
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 def build_sync_requests_sensor(jobs: list) -> dg.SensorDefinition:
@@ -75,3 +75,37 @@ def build_merchant_partitions_sensor() -> dg.SensorDefinition:
         return dg.SensorResult(dynamic_partitions_requests=requests)
 
     return merchant_partitions
+
+
+def build_collections_after_products_sensor() -> dg.SensorDefinition:
+    @dg.sensor(
+        name="daily_collections_after_products",
+        minimum_interval_seconds=10,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        job_name=job_name(EntityType.COLLECTION),
+        description="When a merchant's daily products run ends (whatever its outcome), asks for its collections"
+        " run of the same day: collections are published after the products they reference.",
+    )
+    def daily_collections_after_products(context: dg.SensorEvaluationContext):
+        since = datetime.fromtimestamp(float(context.cursor or 0), timezone.utc)
+        ended = context.instance.get_run_records(
+            dg.RunsFilter(
+                job_name=job_name(EntityType.PRODUCT), tags={ORIGIN_TAG: "schedule"}, statuses=FINISHED,
+                updated_after=since,
+            ),
+            order_by="update_timestamp", ascending=True, limit=1000,
+        )
+        if not ended:
+            return dg.SkipReason("no daily products run has ended since the last look")
+        requests = []
+        for record in ended:
+            tags = record.dagster_run.tags
+            requests.append(
+                daily_run_request(
+                    tags[PARTITION_TAG], EntityType.COLLECTION, parse_time(tags[TICK_TAG]), SyncMode(tags[MODE_TAG])
+                )
+            )
+        cursor = max(record.update_timestamp for record in ended).timestamp()
+        return dg.SensorResult(run_requests=requests, cursor=str(cursor))
+
+    return daily_collections_after_products

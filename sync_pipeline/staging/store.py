@@ -367,6 +367,17 @@ class StagingStore:
         if chunk:
             yield chunk
 
+    def referenced_ids(self) -> list[tuple[str, str]]:
+        """(collection id, product id) for each product the valid collections of this sync name."""
+        return self.db.execute(
+            """
+            SELECT id, product_id FROM (
+                SELECT id, unnest(json_extract_string(raw, '$.productIds[*]')) AS product_id
+                FROM fetched WHERE reason IS NULL
+            ) WHERE product_id IS NOT NULL ORDER BY id, product_id
+            """
+        ).fetchall()
+
     # --- outcome -------------------------------------------------------------------------
     def record_outcomes(
         self, kind: str, ids: list[str], hashes: list[str | None], batch_id: str | None, reasons: list[str | None]

@@ -173,6 +173,23 @@ def problem_records(
     return found
 
 
+def held_among(engine: sa.Engine, merchant: str, entity: EntityType, ids: Iterable[str]) -> set[str]:
+    """Which of these ids the gateway holds for (merchant, entity)."""
+    id_list = sorted(set(ids))
+    held: set[str] = set()
+    with engine.connect() as conn:
+        for i in range(0, len(id_list), ID_CHUNK):
+            held.update(
+                conn.execute(
+                    sa.select(records.c.record_id).where(
+                        records.c.merchant_id == merchant, records.c.entity_type == entity.value,
+                        records.c.held_hash.is_not(None), records.c.record_id.in_(id_list[i : i + ID_CHUNK]),
+                    )
+                ).scalars()
+            )
+    return held
+
+
 def count_records(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
     with engine.connect() as conn:
         return conn.execute(

@@ -398,6 +398,9 @@ class StateStore:
     def problem_records(self, entity: EntityType, park_after: int | None, *, merchant: str = DEFAULT_MERCHANT) -> dict:
         return records.problem_records(self.engine, merchant, entity, park_after)
 
+    def held_among(self, entity: EntityType, ids, *, merchant: str = DEFAULT_MERCHANT) -> set[str]:
+        return records.held_among(self.engine, merchant, entity, ids)
+
     def count_held(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.count_held(self.engine, merchant, entity)
 
