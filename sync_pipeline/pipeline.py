@@ -170,8 +170,8 @@ def fetch_and_stage(
     A sync that does not list everything (latest, historic) also fetches by id the records
     the gateway is still owed from earlier syncs (refused, or in a failed batch), so nothing is
     left behind by a window that moved on. A full sync finds the records the gateway holds that
-    the source no longer lists, confirms each with a 404, and applies the deletion guard before
-    anything is published.
+    the listing no longer shows, applies the deletion guard, and asks for each by id: a 404
+    confirms a deletion; a record that is there (updated while the listing paged) is staged.
     """
     started = time.monotonic()
     staging, entity = scratch.staging, scratch.entity
@@ -192,30 +192,29 @@ def fetch_and_stage(
             elapsed = time.monotonic() - started
             progress(f"{pages} pages, {seen} records, {seen / max(elapsed, 1e-9):,.0f} records/s")
     staging.load_rows(rows)
-    gone: list[str] = []
-    fetched_by_id = 0
-    if not full:
+    if full:
+        # what the gateway holds or is owed that the listing no longer shows: gone, or moved out
+        # of the window while it was paged (updated since); the guard counts them first
+        missing = _deletion_candidates(staging, entity, deletion_share, allow_deletions)
+    else:
         ids = staging.fetched_ids()
         # Asking for a few ids is cheap; for a window that lists many, reading every row is faster.
         scratch.load_known(**({} if len(ids) > LOAD_ALL_ABOVE else {"ids": ids, "pending": True}))
-        owed = staging.pending_not_fetched()
-        found = _fetch_by_id(source, entity, owed)
-        gone = [record_id for record_id, record in zip(owed, found) if record is None]
-        present = [record for record in found if record is not None]
-        staging.load_rows(to_rows(entity, present, seen))
-        fetched_by_id = len(present)
+        missing = staging.pending_not_fetched()  # owed from earlier syncs, outside this window
+    found = _fetch_by_id(source, entity, missing)
+    gone = [record_id for record_id, record in zip(missing, found) if record is None]
+    present = [record for record in found if record is not None]
+    staging.load_rows(to_rows(entity, present, seen))
     now = utcnow()
     # `fetched` counts what the listing returned; records fetched by id are counted apart.
     counts = replace(staging.stage_fetched(scratch.sync_id, now=now), fetched=seen)
     scratch.state.save_rejections(scratch.sync_id, entity, staging.rejected_rows(), merchant=scratch.merchant)
     crash_point("staged")
-    if full:
-        gone = _confirm_deletions(source, staging, entity, deletion_share, allow_deletions)
-    staging.mark_gone(gone, now)
+    staging.mark_gone(gone, now)  # confirmed by a 404: deleted from the gateway if it holds them
     scratch.save()
     return StageResult(
         counts=counts, pages=pages, to_delete=len(staging.pending_deletions()),
-        seconds=time.monotonic() - started, fetched_by_id=fetched_by_id,
+        seconds=time.monotonic() - started, fetched_by_id=len(present),
     )
 
 
@@ -227,10 +226,9 @@ def _fetch_by_id(source: ProductServiceClient, entity: EntityType, ids: list[str
         return list(pool.map(lambda record_id: source.get_one(entity, record_id), ids))
 
 
-def _confirm_deletions(
-    source: ProductServiceClient, staging: StagingStore, entity: EntityType, share: float, allow: bool
-) -> list[str]:
-    """The ids a full listing no longer shows that the product service confirms gone (404)."""
+def _deletion_candidates(staging: StagingStore, entity: EntityType, share: float, allow: bool) -> list[str]:
+    """The ids a full listing no longer shows, each to be confirmed gone (404) or fetched; raises
+    DeletionGuardError, deleting nothing, when more than `share` of what the gateway holds would go."""
     candidates = staging.deletion_candidates()
     held = staging.held_count()
     to_delete = sum(is_held for _, is_held in candidates)
@@ -241,9 +239,7 @@ def _confirm_deletions(
             " nothing was deleted. If the source really lost them, run again allowing deletions"
             " (--allow-deletions, or allow_deletions: true in the run config)."
         )
-    ids = [record_id for record_id, _ in candidates]
-    found = _fetch_by_id(source, entity, ids)
-    return [record_id for record_id, record in zip(ids, found) if record is None]
+    return [record_id for record_id, _ in candidates]
 
 
 def publish_changes(

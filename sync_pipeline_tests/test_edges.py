@@ -166,3 +166,31 @@ def test_collections_naming_products_the_gateway_does_not_hold_are_listed(sync_e
     named = {c["id"] for c in sandbox.source("collections")["records"]
              if "id" in c and set(c.get("productIds") or []) & unheld}
     assert later.metadata["collections_with_missing_products"].value <= len(named)
+
+
+def test_the_gateway_check_stays_green_when_records_change_during_a_full_sync(sync_env, sandbox):
+    import threading
+    import time
+
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    sandbox.admin("PUT", "/faults", json={"name": "slow:product"})  # 0.2 s a page: time to change things
+    changed: list[str] = []
+
+    def change_while_listing() -> None:
+        deadline = time.monotonic() + 30
+        while sandbox.stats()["requests"]["product"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # across the catalogue: some already listed, some not yet; all move past the window's end
+        changed.extend(sandbox.admin("POST", "/source/products/update", json={"count": 40})["ids"])
+
+    helper = threading.Thread(target=change_while_listing)
+    helper.start()
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    helper.join()
+    assert changed
+    evaluation = check("products_published", "gateway_matches_staging")
+    assert evaluation.passed, evaluation.metadata
+    assert last().deleted == 0  # moved out of the window is not gone
+    sandbox.admin("PUT", "/faults", json={"name": "none"})
+    assert main(["sync", "PRODUCT"]) == 0
+    assert sandbox.gateway("PRODUCT") == expected_gateway(sandbox, "PRODUCT")

@@ -7,6 +7,7 @@ import pytest
 from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, Window
 from sync_pipeline.errors import EntityBusy
 from sync_pipeline.state import StateStore
+from sync_pipeline.state.schema import CURRENT_VERSION
 
 P, C = EntityType.PRODUCT, EntityType.COLLECTION
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -154,3 +155,62 @@ def test_records_go_out_and_come_back_exactly_per_merchant(state_store, tmp_path
     incoming.write_text(RECORD_HEADER + "b,h2,,s1,,,,h2,b2,2026-03-02 00:00:00.000000,,,,0,,,,0\n")
     state_store.import_records(P, incoming)
     assert state_store.count_held(P) == 2 and state_store.count_held(P, merchant="acme") == 1
+
+
+def test_processes_starting_together_on_a_fresh_postgresql_database_upgrade_it_once(postgres_url):
+    import subprocess
+    import sys
+
+    code = "import sys; from sync_pipeline.state import StateStore; StateStore(sys.argv[1]).ping()"
+    processes = [subprocess.Popen([sys.executable, "-c", code, postgres_url], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [(p.wait(60), p.stderr.read().decode()[-500:]) for p in processes]
+    assert all(code == 0 for code, _ in errors), errors
+    store = StateStore(postgres_url)
+    with store.engine.connect() as conn:
+        versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == [CURRENT_VERSION]
+    store.dispose()
+
+
+def test_an_old_single_merchant_store_is_upgraded_in_place(tmp_path):
+    """A state store of the last release (schema version 2: no merchants) keeps its history, as
+    the merchant default's, and gets the per-(merchant, type) lease."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE syncs (sync_id VARCHAR(64) PRIMARY KEY, entity_type VARCHAR(16) NOT NULL, mode VARCHAR(16) NOT NULL,
+              requested_mode VARCHAR(16) NOT NULL, window_start DATETIME, window_end DATETIME, sync_to DATETIME,
+              status_code INTEGER NOT NULL, status VARCHAR(32) NOT NULL, requested_at DATETIME NOT NULL,
+              started_at DATETIME, finished_at DATETIME, run_id VARCHAR(64), origin VARCHAR(32) DEFAULT 'cli' NOT NULL,
+              allow_deletions BOOLEAN DEFAULT 0 NOT NULL, fetched INTEGER DEFAULT 0 NOT NULL, rejected INTEGER DEFAULT 0 NOT NULL,
+              published INTEGER DEFAULT 0 NOT NULL, failed INTEGER DEFAULT 0 NOT NULL, deleted INTEGER DEFAULT 0 NOT NULL,
+              batches INTEGER DEFAULT 0 NOT NULL, num_records INTEGER, data_pushed BOOLEAN DEFAULT 0 NOT NULL,
+              error_message TEXT, worker_host VARCHAR(255), worker_pid INTEGER);
+            CREATE UNIQUE INDEX one_active_sync_per_entity ON syncs (entity_type) WHERE status_code IN (1000, 1100);
+            CREATE INDEX syncs_by_entity_time ON syncs (entity_type, requested_at);
+            CREATE INDEX syncs_by_run ON syncs (run_id);
+            CREATE TABLE batches (batch_id VARCHAR(128) PRIMARY KEY, sync_id VARCHAR(64) NOT NULL REFERENCES syncs (sync_id),
+              entity_type VARCHAR(16) NOT NULL, bulk_operation_type VARCHAR(16) NOT NULL, idempotency_key VARCHAR(128) NOT NULL,
+              item_count INTEGER NOT NULL, batch_status VARCHAR(16) NOT NULL, success_count INTEGER DEFAULT 0 NOT NULL,
+              fail_count INTEGER DEFAULT 0 NOT NULL, failed_products JSON NOT NULL, ratio VARCHAR(16),
+              submitted_at DATETIME NOT NULL, finished_at DATETIME);
+            CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at DATETIME NOT NULL);
+            INSERT INTO schema_version VALUES (1, '2026-11-01 00:00:00.000000'), (2, '2026-11-02 00:00:00.000000');
+            INSERT INTO syncs (sync_id, entity_type, mode, requested_mode, window_end, status_code, status, requested_at,
+              started_at, finished_at, num_records)
+              VALUES ('old-1', 'PRODUCT', 'full', 'full', '2026-11-20 00:00:00.000000', 2000, 'Success',
+                      '2026-11-20 00:00:00.000000', '2026-11-20 00:00:01.000000', '2026-11-20 00:01:00.000000', 42);
+            """
+        )
+    store = StateStore(f"sqlite:///{path}")
+    last = store.last_successful(P)
+    assert (last.sync_id, last.merchant_id, last.num_records) == ("old-1", "default", 42)
+    assert store.watermark(P) == datetime(2026, 11, 20, tzinfo=timezone.utc)
+    store.enqueue_sync(P, origin="test")
+    store.enqueue_sync(P, origin="test", merchant="acme")  # another merchant is not blocked
+    with pytest.raises(EntityBusy):
+        store.enqueue_sync(P, origin="test")
+    store.dispose()
