@@ -194,3 +194,35 @@ def test_the_gateway_check_stays_green_when_records_change_during_a_full_sync(sy
     sandbox.admin("PUT", "/faults", json={"name": "none"})
     assert main(["sync", "PRODUCT"]) == 0
     assert sandbox.gateway("PRODUCT") == expected_gateway(sandbox, "PRODUCT")
+
+
+BIG = (
+    '{"id": "prod-exact-1", "title": "Exact numbers", "listPrice": 100, "updatedAt": "%s",'
+    ' "meta": {"big": 18446744073709551616, "negative": -9223372036854775809, "long": 0.1000000000000000055511151231257827,'
+    ' "kept": 1.50, "exp": 1E5, "deep": [[[[[[[[[[{"n": 123456789012345678901234567890}]]]]]]]]]]}}'
+)
+
+
+def test_numbers_go_out_exactly_as_the_source_wrote_them_and_1e400_rejects_only_its_record(sync_env, sandbox):
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    now = format_time(utcnow())
+    exact = BIG % now
+    out_of_range = '{"id": "prod-exact-2", "title": "Too big", "listPrice": 1, "updatedAt": "%s", "meta": {"x": 1e400}}' % now
+    requests.post(f"{sandbox.url}/_admin/source/products/put", data=f"[{exact}, {out_of_range}]", timeout=10).raise_for_status()
+    changed = sandbox.admin("POST", "/source/products/update", json={"count": 3})["ids"]
+    assert main(["sync", "PRODUCT"]) == 0
+    sync = last()
+    assert sync.rejected == 1 and sync.published >= 1 + 3
+    text = requests.get(f"{sandbox.url}/_admin/gateway/PRODUCT", timeout=10).text
+    for token in ("18446744073709551616", "-9223372036854775809", "0.1000000000000000055511151231257827",
+                  "1.50", "1E5", "123456789012345678901234567890"):
+        assert token in text, token
+    held = sandbox.gateway("PRODUCT")
+    assert "prod-exact-2" not in held and all(i in held for i in changed)  # the rest of the page went
+    store = StateStore(state_url())
+    [(record_id, reason, raw)] = store.rejections_for_sync(sync.sync_id)
+    assert record_id == "prod-exact-2" and "meta.x" in reason and "1e400" in raw
+    before = sandbox.stats()["gateway"]["itemsApplied"]
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0  # the same content hashes the same way
+    assert last().published == 0 and sandbox.stats()["gateway"]["itemsApplied"] == before
+    store.dispose()

@@ -97,3 +97,18 @@ def test_validation_never_raises_and_rows_match_it(record):
         rows = to_rows(entity, [record], first_seq=0)
         assert rows.reason == [reason]
         assert json.loads(rows.raw[0]) == record
+
+
+def test_exact_numbers_survive_parse_and_canonical_text():
+    from sync_pipeline.jsontext import NumberOutOfRange, canonical_json, loads
+
+    source = b'{"b": [18446744073709551616, 0.1000000000000000055511151231257827, 1.50, 1E5, -0.0], "a": "\xc3\xa9"}'
+    assert canonical_json(loads(source)) == '{"a":"\u00e9","b":[18446744073709551616,0.1000000000000000055511151231257827,1.50,1E5,-0.0]}'
+    reordered = b'{"a": "\xc3\xa9", "b": [18446744073709551616, 0.1000000000000000055511151231257827, 1.50, 1E5, -0.0]}'
+    assert canonical_json(loads(reordered)) == canonical_json(loads(source))
+    plain = b'{"z": 1, "a": [true, null, "x"]}'
+    assert canonical_json(loads(plain)) == '{"a":[true,null,"x"],"z":1}'
+    import pytest
+
+    with pytest.raises(NumberOutOfRange, match="meta.x"):
+        canonical_json(loads(b'{"meta": {"x": 1e400}}'))

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import requests
 
+from .. import jsontext
 from ..domain import EntityType, Window, format_time
 from ..errors import SourceError
 from ..http import build_session, describe_error_body
@@ -95,8 +95,8 @@ class ProductServiceClient:
                 return None
             self._raise_for_status(response, url)
             try:
-                return orjson.loads(response.content)
-            except orjson.JSONDecodeError as error:
+                return jsontext.loads(response.content)
+            except ValueError as error:
                 problem = f"the body is not valid JSON ({error})"
                 log.warning("%s: %s, attempt %d", where, problem, attempt + 1)
         raise SourceError(f"{where}: {problem}, {self.bad_body_retries + 1} times")

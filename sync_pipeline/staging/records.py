@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from ..domain import EntityType, parse_time
+from ..jsontext import NumberOutOfRange, canonical_json
 
 
 def rejection_reason(entity: EntityType, record: Any) -> str | None:
@@ -42,14 +40,6 @@ def parsed_updated_at(value: Any) -> datetime | None:
         return None
 
 
-def canonical_json(record: Any) -> str:
-    """JSON with sorted keys: the same content always gives the same text (and hash)."""
-    try:
-        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:  # integers beyond 64 bits, which orjson will not encode
-        return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
 @dataclass
 class PageRows:
     """Column lists ready for one bulk load into the staging table `fetched`."""
@@ -76,7 +66,11 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
     """
     rows = rows if rows is not None else PageRows()
     for offset, record in enumerate(records):
-        reason = rejection_reason(entity, record)
+        try:
+            raw = canonical_json(record)
+            reason = rejection_reason(entity, record)
+        except NumberOutOfRange as error:  # this record cannot go out as it is; the page can
+            raw, reason = canonical_json(record, strict=False), str(error)
         is_object = isinstance(record, dict)
         record_id = record.get("id") if is_object else None
         rows.seq.append(first_seq + offset)
@@ -85,6 +79,7 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
         if reason is not None and parsed_updated_at(updated_at) is None:
             updated_at = None  # a valid record's updatedAt was parsed by the validation already
         rows.updated_at.append(updated_at)
-        rows.raw.append(canonical_json(record))
+        rows.raw.append(raw)
         rows.reason.append(reason)
     return rows
+
