@@ -36,6 +36,13 @@ def _entities(text: str) -> list[EntityType]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _entity(text: str) -> EntityType:
+    try:
+        return EntityType.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _merchant(text: str) -> str:
     try:
         return check_merchant_id(text)
@@ -78,6 +85,12 @@ def build_parser() -> ArgumentParser:
     status.add_argument("--limit", type=int, default=10)
     status.add_argument("--merchant", type=_merchant, default=DEFAULT_MERCHANT)
 
+    explain = commands.add_parser("explain", help="why a record is, or is not, at the gateway")
+    explain.add_argument("entity", type=_entity, metavar="{PRODUCT,COLLECTION}")
+    explain.add_argument("record_id", metavar="ID")
+    explain.add_argument("--merchant", type=_merchant, default=DEFAULT_MERCHANT)
+    explain.add_argument("--json", action="store_true", help="the whole answer as JSON")
+
     merchants = commands.add_parser("merchants", help="the merchant registry: add, list, enable, disable")
     actions = merchants.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
     add = actions.add_parser("add", help="add a merchant, or update one, from a JSON object")
@@ -98,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return _api(args)
     if args.command == "merchants":
         return _merchants(args)
+    if args.command == "explain":
+        return _explain(args)
     return _status(args)
 
 
@@ -228,6 +243,47 @@ def _api(args) -> int:
         "sync_pipeline.api.server:app", factory=False, host=args.host, port=args.port, workers=args.workers,
         log_level="warning",
     )
+    return EXIT_OK
+
+
+def _explain(args) -> int:
+    import json
+
+    from .settings import record_policy, state_url
+    from .state import open_state_store
+    from .trail import record_trail
+
+    trail = record_trail(
+        open_state_store(state_url()), args.entity, args.record_id, merchant=args.merchant,
+        park_after=record_policy()["park_after"],
+    )
+    if trail is None:
+        whose = "" if args.merchant == DEFAULT_MERCHANT else f" of merchant {args.merchant}"
+        print(f"sync-pipeline: no sync has seen {args.entity.value} {args.record_id!r}{whose}", file=sys.stderr)
+        return EXIT_FAILED
+    answer = trail.as_dict()
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{args.entity.value} {args.record_id}: {answer['explanation']}")
+    source, gateway = answer["source"], answer["gateway"]
+    print(f"  source   updatedAt {source['updatedAt']}, hash {source['contentHash']}, fetched by sync"
+          f" {source['fetchedBySync']} at {source['fetchedAt']}"
+          + (f"; invalid since {source['rejectedSince']}: {source['rejectedReason']}" if not source["valid"] else "; valid"))
+    print(f"  gateway  hash {gateway['contentHash'] or '-'}, batch {gateway['batchId'] or '-'}, at {gateway['appliedAt'] or '-'}")
+    if answer["refusal"]:
+        refusal = answer["refusal"]
+        print(f"  refused  {refusal['times']}x at hash {refusal['contentHash']}, last {refusal['at']}: {refusal['reason']}"
+              + (" (parked)" if refusal["parked"] else ""))
+    deletion = answer["deletion"]
+    if deletion["pending"] or deletion["batchId"]:
+        print(f"  deletion {'owed' if deletion['pending'] else 'done'}"
+              + (f", batch {deletion['batchId']} at {deletion['deletedAt']}" if deletion["batchId"] else ""))
+    if answer["events"]:
+        print("  events, newest first:")
+        for event in answer["events"]:
+            extra = ", ".join(filter(None, [event["batchId"] and f"batch {event['batchId']}", event["detail"]]))
+            print(f"    {event['at']}  {event['event']:9} sync {event['syncId']}" + (f"  {extra}" if extra else ""))
     return EXIT_OK
 
 

@@ -69,12 +69,17 @@ class SyncScratch:
         return count
 
     def save(self) -> int:
-        """Write back to the state store every row this sync changed since the last save."""
+        """Write back to the state store every row this sync changed since the last save, and
+        the records' trail events."""
         path = self._csv("dirty")
         count = self.staging.dirty_to_csv(path)
         if count:
             self.state.import_records(self.entity, path, merchant=self.merchant)
             path.unlink()
+        events = self._csv("events")
+        if self.staging.events_to_csv(events):
+            self.state.import_events(self.entity, self.sync_id, events, merchant=self.merchant)
+            events.unlink()
         return count
 
 

@@ -224,7 +224,7 @@ def test_health_and_openapi_need_no_token(api):
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/sync/{entityType}", "/sync/{entityType}/latest", "/sync/{entityType}/historic",
                                       "/sync/{entityType}/history", "/batches/{batchId}", "/healthz",
-                                      "/merchants", "/merchants/{merchantId}", "/syncs"}
+                                      "/merchants", "/merchants/{merchantId}", "/syncs", "/records/{entityType}/{recordId}"}
     assert set(document["paths"]["/sync/{entityType}"]) == {"get", "put"}
 
 

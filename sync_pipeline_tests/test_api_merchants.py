@@ -224,3 +224,26 @@ def test_puts_from_two_merchants_at_once_give_one_202_per_merchant_and_type(tmp_
     assert len(accepted) == 4
     assert sorted((s.merchant_id, s.entity_type.value) for s in store.active_syncs()) == sorted(accepted)
     store.dispose()
+
+
+def test_a_records_trail_is_read_by_its_merchant_only(api):
+    from sync_pipeline.state.schema import records
+
+    url, store, _ = api
+    now = utcnow()
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(records))
+        conn.execute(records.insert().values(
+            merchant_id="acme", entity_type="PRODUCT", record_id="p/1", source_hash="h1", source_seen_at=now,
+            source_updated_at=now, source_sync_id="s1", held_hash="h1", held_batch_id="b1", held_at=now,
+            refused_times=0, pending=0,
+        ))
+    own = requests.get(f"{url}/records/PRODUCT/p/1", headers=auth("acme", read=True))
+    assert own.status_code == 200 and own.json()["data"]["explanation"].startswith("Current at the gateway")
+    assert own.json()["data"]["gateway"]["batchId"] == "b1"
+    assert_envelope(requests.get(f"{url}/records/PRODUCT/p/1", headers=auth("zeta")), 404)
+    assert_envelope(requests.get(f"{url}/records/PRODUCT/nope", headers=auth("acme")), 404)
+    assert requests.get(f"{url}/records/PRODUCT/p/1", headers=OPERATOR, params={"merchantId": "acme"}).status_code == 200
+    assert_envelope(requests.get(f"{url}/records/SHOES/p/1", headers=auth("acme")), 400)
+    document = requests.get(f"{url}/openapi.json").json()
+    assert "get" in document["paths"]["/records/{entityType}/{recordId}"]

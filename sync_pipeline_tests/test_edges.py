@@ -226,3 +226,32 @@ def test_numbers_go_out_exactly_as_the_source_wrote_them_and_1e400_rejects_only_
     assert main(["sync", "PRODUCT", "--mode", "full"]) == 0  # the same content hashes the same way
     assert last().published == 0 and sandbox.stats()["gateway"]["itemsApplied"] == before
     store.dispose()
+
+
+def test_explain_says_why_a_record_is_or_is_not_at_the_gateway(sync_env, sandbox, capsys):
+    from sync_pipeline.settings import state_url as url
+    from sync_pipeline.trail import record_trail
+
+    refused = sorted(sandbox.source("products")["refused"])[0]
+    victim = next(r for r in sandbox.source("products")["records"] if r["id"] not in sandbox.source("products")["refused"]
+                  and r["id"] not in sandbox.source("products")["invalid"])
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    put_record(sandbox, {**victim, "listPrice": -5, "updatedAt": format_time(utcnow())})
+    assert main(["sync", "PRODUCT"]) == 0  # the refused one is refused again: parked; the victim rejected
+    store = StateStore(url())
+    parked = record_trail(store, EntityType.PRODUCT, refused, merchant="default", park_after=2)
+    assert "parked" in parked.sentence() and "sku is blocked" in parked.sentence()
+    assert [e["event"] for e in parked.events][:3] == ["parked", "refused", "refused"]
+    invalid = record_trail(store, EntityType.PRODUCT, victim["id"], merchant="default", park_after=2)
+    assert invalid.sentence().startswith("The gateway holds the last valid version") and "listPrice is negative" in invalid.sentence()
+    assert [e["event"] for e in invalid.events] == ["rejected", "published", "seen"]
+    assert invalid.as_dict()["lastRejection"]["raw"].startswith("{")
+    current = record_trail(store, EntityType.PRODUCT, sorted(sandbox.gateway("PRODUCT"))[0], merchant="default", park_after=2)
+    assert current.sentence().startswith("Current at the gateway")
+    capsys.readouterr()
+    assert main(["explain", "PRODUCT", refused]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"PRODUCT {refused}: Not at the gateway") and "parked" in out
+    assert main(["explain", "PRODUCT", "no-such-id"]) == 1
+    assert "no sync has seen" in capsys.readouterr().err
+    store.dispose()

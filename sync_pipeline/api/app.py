@@ -29,7 +29,9 @@ from starlette.routing import Route
 
 from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, check_merchant_id, format_time, parse_time
 from ..merchants import InvalidMerchant, MerchantRegistry, Principal, parse_spec
+from ..settings import record_policy
 from ..state import StateStore, SyncRecord
+from ..trail import record_trail
 from . import schemas
 from .errors import HANDLERS, ApiError, envelope
 
@@ -157,6 +159,15 @@ class SyncApi:
             ),
             meta={},
         )
+
+    def record(self, call: Call) -> tuple[int, BaseModel]:
+        trail = record_trail(
+            self.store, call.entity, call.path["recordId"], merchant=call.merchant,
+            park_after=record_policy()["park_after"],
+        )
+        if trail is None:
+            raise ApiError(404, f"no sync has seen {call.entity.value} {call.path['recordId'][:100]!r}")
+        return 200, schemas.RecordTrailResponse(data=trail.as_dict(), meta={})
 
     # --- §6: the operator -----------------------------------------------------------------
     def put_merchant(self, call: Call) -> tuple[int, BaseModel]:
@@ -313,6 +324,10 @@ def operations(api: SyncApi) -> list[Operation]:
                   query=(limit, MERCHANT_PARAM)),
         Operation("GET", "/batches/{batchId}", "getBatch", "Get a gateway batch as recorded",
                   api.batch, READ, (200, schemas.BatchResponse), (400, *auth_errors, 404, 500, 503), query=per_merchant),
+        Operation("GET", "/records/{entityType}/{recordId}", "explainRecord",
+                  "Why a record is, or is not, at the gateway: its state and its trail",
+                  api.record, READ, (200, schemas.RecordTrailResponse), (400, *auth_errors, 404, 500, 503),
+                  query=per_merchant),
         Operation("PUT", "/merchants/{merchantId}", "putMerchant", "Add a merchant, or update the fields given",
                   api.put_merchant, OPERATOR, (200, schemas.MerchantResponse), (400, *auth_errors, 413, 500, 503),
                   body=schemas.MerchantPutRequest, body_required=True, also_ok=(201,),
@@ -504,7 +519,11 @@ def create_app(store: StateStore, registry: MerchantRegistry | None = None, reap
     async def openapi(request: Request) -> Response:
         return Response(document, media_type="application/json")
 
-    routes = [Route(BASE_PATH + op.path, _endpoint(op, registry), methods=[op.method]) for op in ops]
+    # a record id may hold a slash: the route takes the rest of the path
+    routes = [
+        Route(BASE_PATH + op.path.replace("{recordId}", "{recordId:path}"), _endpoint(op, registry), methods=[op.method])
+        for op in ops
+    ]
     routes += [Route(BASE_PATH + "/openapi.json", openapi, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
     routes += [Route("/healthz", _endpoint(ops[-1], registry), methods=["GET"])]
 

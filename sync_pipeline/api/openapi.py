@@ -47,6 +47,8 @@ def build_openapi(operations, base_path: str) -> dict[str, Any]:
             )
         if "{batchId}" in op.path:
             parameters.append({"name": "batchId", "in": "path", "required": True, "schema": {"type": "string"}})
+        if "{recordId}" in op.path:
+            parameters.append({"name": "recordId", "in": "path", "required": True, "schema": {"type": "string"}})
         if "{merchantId}" in op.path:
             parameters.append({"name": "merchantId", "in": "path", "required": True, "schema": MERCHANT_ID_SCHEMA})
         for param in op.query:

@@ -147,6 +147,14 @@ class MerchantListResponse(BaseModel):
     meta: dict[str, Any]
 
 
+class RecordTrailResponse(BaseModel):
+    data: dict[str, Any] = Field(
+        description="explanation (one sentence: is the record current at the gateway, and why not), source,"
+        " gateway, refusal, deletion, owed, lastRejection and events (newest first)"
+    )
+    meta: dict[str, Any]
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     stateStore: Literal["reachable", "unreachable"]

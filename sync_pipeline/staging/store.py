@@ -11,6 +11,8 @@ Tables:
             Rows this sync changes are marked `dirty` and written back by `dirty_to_csv`.
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
+  events    each record's trail this sync (seen, rejected, published, refused, parked, failed,
+            gone, deleted), written to the state store with the changed rows
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ CREATE TEMP TABLE IF NOT EXISTS outcomes (
 CREATE TEMP TABLE IF NOT EXISTS settled (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
 );
+CREATE TEMP TABLE IF NOT EXISTS events (
+    record_id VARCHAR NOT NULL, event_at TIMESTAMPTZ NOT NULL, event VARCHAR NOT NULL, content_hash VARCHAR,
+    batch_id VARCHAR, detail VARCHAR
+);
 """
 
 FETCHED_SCHEMA = pa.schema(
@@ -87,6 +93,19 @@ class Outcome:
     REFUSED = "refused"  # refused per item, with the gateway's reason
     FAILED = "failed"  # its batch ended FAILED or was never settled: nothing applied
     DELETED = "deleted"
+
+
+class Event:
+    """What happened to a record in a sync: the `event` column of its trail."""
+
+    SEEN = "seen"  # a new valid version at the source
+    REJECTED = "rejected"  # an invalid version, with the reason
+    PUBLISHED = "published"  # the gateway applied this version (batch)
+    REFUSED = "refused"  # the gateway refused it, with its reason (batch)
+    PARKED = "parked"  # refused again at the same version: not sent until it changes
+    FAILED = "failed"  # its batch FAILED or was never settled
+    GONE = "gone"  # the product service answers 404
+    DELETED = "deleted"  # the gateway deleted it (batch)
 
 
 @dataclass(frozen=True)
@@ -174,6 +193,17 @@ class StagingStore:
         self.db.execute("UPDATE known SET dirty = false WHERE dirty")
         return count
 
+    def events_to_csv(self, csv_path: Path) -> int:
+        """Write the trail events since the last call (for the state store) and forget them."""
+        count = self._scalar("SELECT count(*) FROM events")
+        if count:
+            self.db.execute(
+                f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id, detail"
+                f" FROM events) TO '{_sql_path(csv_path)}' (HEADER, DELIMITER ',')"
+            )
+            self.db.execute("DELETE FROM events")
+        return count
+
     def fetched_ids(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT DISTINCT id FROM fetched WHERE id IS NOT NULL").fetchall()]
 
@@ -237,7 +267,24 @@ class StagingStore:
                 " SELECT f.id, 0, 0, true FROM fetched f"
                 " WHERE f.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM known k WHERE k.record_id = f.id)"
             )
-            # Only what changed is written: an unchanged catalogue rewrites nothing.
+            # Only what changed is written (and leaves a trail): an unchanged catalogue writes nothing.
+            db.execute(
+                f"""
+                INSERT INTO events SELECT f.id, ?, '{Event.SEEN}', f.content_hash, NULL, NULL
+                FROM fetched f JOIN known k ON k.record_id = f.id
+                WHERE f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash
+                      OR k.rejected_reason IS NOT NULL OR k.gone_at IS NOT NULL)
+                """,
+                [now],
+            )
+            db.execute(
+                f"""
+                INSERT INTO events SELECT f.id, ?, '{Event.REJECTED}', f.content_hash, NULL, f.reason
+                FROM fetched f JOIN known k ON k.record_id = f.id
+                WHERE f.reason IS NOT NULL AND (k.rejected_reason IS DISTINCT FROM f.reason OR k.gone_at IS NOT NULL)
+                """,
+                [now],
+            )
             db.execute(
                 """
                 UPDATE known SET source_hash = f.content_hash, source_updated_at = f.updated_at,
@@ -312,6 +359,11 @@ class StagingStore:
             return
         self.db.register("gone_ids", pa.table({"id": pa.array(ids, pa.string())}))
         try:
+            self.db.execute(
+                f"INSERT INTO events SELECT id, ?, '{Event.GONE}', NULL, NULL, 'the product service answers 404'"
+                " FROM gone_ids",
+                [now],
+            )
             self.db.execute(
                 "UPDATE known SET gone_at = ?, dirty = true WHERE record_id IN (SELECT id FROM gone_ids)", [now]
             )
@@ -422,6 +474,25 @@ class StagingStore:
         db = self.db
         db.execute("BEGIN")
         try:
+            db.execute(
+                f"""
+                INSERT INTO events SELECT id, ?, CASE kind WHEN '{Outcome.HELD}' THEN '{Event.PUBLISHED}' ELSE kind END,
+                    CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, 'deleted') END, batch_id, reason
+                FROM outcomes
+                """,
+                [now],
+            )
+            if self.park_after:
+                db.execute(
+                    f"""
+                    INSERT INTO events SELECT o.id, ?, '{Event.PARKED}', o.content_hash, o.batch_id,
+                        'refused {self.park_after} times in a row at this version: not sent again until it changes'
+                    FROM outcomes o JOIN known k ON k.record_id = o.id
+                    WHERE o.kind = '{Outcome.REFUSED}' AND k.refused_hash = o.content_hash
+                      AND k.refused_times + 1 = {int(self.park_after)} AND k.source_hash = o.content_hash
+                    """,
+                    [now],
+                )
             db.execute(
                 f"""
                 UPDATE known SET held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?,

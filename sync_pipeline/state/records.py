@@ -197,6 +197,51 @@ def count_records(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
         ).scalar_one()
 
 
+EVENT_COLUMNS = ["record_id", "event_at", "event", "content_hash", "batch_id", "detail"]
+
+
+def import_events(engine: sa.Engine, merchant: str, entity: EntityType, sync_id: str, path: Path) -> int:
+    """Append a sync's record events from the CSV file `path` (EVENT_COLUMNS, with a header)."""
+    with engine.begin() as conn:
+        raw = conn.connection.dbapi_connection
+        names = ", ".join(EVENT_COLUMNS)
+        if conn.dialect.name == "postgresql":
+            with raw.cursor() as cursor, path.open() as source:
+                cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+                cursor.execute(
+                    "CREATE TEMP TABLE incoming_events ON COMMIT DROP AS"
+                    f" SELECT {names} FROM record_events WITH NO DATA"
+                )
+                cursor.copy_expert(f"COPY incoming_events ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)", source)
+                cursor.execute(
+                    f"INSERT INTO record_events (merchant_id, entity_type, sync_id, {names})"
+                    f" SELECT %s, %s, %s, {names} FROM incoming_events",
+                    (merchant, entity.value, sync_id),
+                )
+                return cursor.rowcount
+        cursor = raw.cursor()
+        sql = (
+            f"INSERT INTO record_events (merchant_id, entity_type, sync_id, {names})"
+            f" VALUES (?, ?, ?, {', '.join('?' for _ in EVENT_COLUMNS)})"
+        )
+        prefix = (merchant, entity.value, sync_id)
+        count = 0
+        with path.open(newline="") as source:
+            reader = csv.reader(source)
+            next(reader)
+            batch: list[tuple] = []
+            for row in reader:
+                batch.append(prefix + tuple(None if value == "" else value for value in row))
+                if len(batch) >= SQLITE_BATCH:
+                    cursor.executemany(sql, batch)
+                    count, batch = count + len(batch), []
+            if batch:
+                cursor.executemany(sql, batch)
+                count += len(batch)
+        cursor.close()
+        return count
+
+
 def count_held(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
     """How many records of (merchant, entity) the gateway holds from this service."""
     with engine.connect() as conn:

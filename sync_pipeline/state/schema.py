@@ -138,6 +138,25 @@ records = sa.Table(
     ),
 )
 
+# Each record's trail: what happened to it, sync by sync (see staging.store.Event). Pruned after
+# SYNC_RETENTION_DAYS; the record's current state above is what the next sync needs.
+record_events = sa.Table(
+    "record_events",
+    metadata,
+    sa.Column("event_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("merchant_id", MERCHANT_ID, nullable=False),
+    sa.Column("entity_type", sa.String(16), nullable=False),
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("sync_id", sa.String(64), nullable=False),
+    sa.Column("event_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("content_hash", sa.String(32)),
+    sa.Column("batch_id", sa.String(128)),
+    sa.Column("detail", sa.Text),
+    sa.Index("record_events_by_record", "merchant_id", "entity_type", "record_id", "event_at"),
+    sa.Index("record_events_by_time", "event_at"),
+)
+
 # Every invalid record a sync saw, with its raw JSON and the reason: rejected, never dropped.
 rejections = sa.Table(
     "rejections",

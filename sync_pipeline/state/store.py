@@ -401,6 +401,9 @@ class StateStore:
     def held_among(self, entity: EntityType, ids, *, merchant: str = DEFAULT_MERCHANT) -> set[str]:
         return records.held_among(self.engine, merchant, entity, ids)
 
+    def import_events(self, entity: EntityType, sync_id: str, path: Path, *, merchant: str = DEFAULT_MERCHANT) -> int:
+        return records.import_events(self.engine, merchant, entity, sync_id, path)
+
     def count_held(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.count_held(self.engine, merchant, entity)
 
