@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 
 from .domain import (
@@ -62,6 +63,7 @@ def build_parser() -> ArgumentParser:
     sync.add_argument("--end", type=_time, help="historic: up to this time (exclusive)")
     sync.add_argument("--allow-deletions", action="store_true", help="full: delete even above the safety share")
     sync.add_argument("--merchant", type=_merchant, default=DEFAULT_MERCHANT, help="whose catalogue (default: default)")
+    sync.add_argument("--verbose", action="store_true", help="show the Dagster run's log")
 
     sandbox = commands.add_parser("sandbox", help="serve the sandbox product service and gateway")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -177,14 +179,16 @@ def _sync(args) -> int:
                 print(f"sync-pipeline: error: {error}", file=sys.stderr)
                 worst = max(worst, EXIT_BAD_ARGS)
                 continue
-            print(f"{entity.value}: sync {sync.sync_id} ({mode.value}){whose} started")
-            result = defs.resolve_job_def(job_name(entity)).execute_in_process(
-                instance=instance,
-                partition_key=merchant,
-                tags=run_tags_for(sync),
-                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                raise_on_error=False,
-            )
+            print(f"{entity.value}: sync {sync.sync_id} ({sync.mode.value}){whose} started", flush=True)
+            with _progress_bar(entity, enabled=not args.verbose and sys.stderr.isatty()):
+                result = defs.resolve_job_def(job_name(entity)).execute_in_process(
+                    instance=instance,
+                    partition_key=merchant,
+                    tags=run_tags_for(sync),
+                    # the run's log is in the instance (and the UI) either way; on the terminal only if asked
+                    run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "CRITICAL"}}}},
+                    raise_on_error=False,
+                )
             final = state.get_sync(sync.sync_id)
             if final.status.is_active:  # the run died before a step could close the sync
                 message = f"run {result.run_id} ended without finishing the sync"
@@ -195,20 +199,50 @@ def _sync(args) -> int:
     return worst
 
 
+@contextmanager
+def _progress_bar(entity: EntityType, *, enabled: bool):
+    """A one-line progress bar on the terminal while the sync runs: pages, records, records/s."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from . import progress
+
+    # the terminal itself: Dagster captures the step's stderr into its compute logs
+    terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+    with terminal, Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=Console(file=terminal), transient=True) as bar:
+        task = bar.add_task(f"{entity.value}: starting")
+
+        def show(event) -> None:
+            bar.update(task, description=f"{entity.value} {event.phase}: {event.describe()}", refresh=True)
+
+        progress.add_listener(show)
+        try:
+            yield
+        finally:
+            progress.remove_listener(show)
+
+
 def _summary(sync) -> str:
+    """One line: how the sync ended and its counts, or, if it failed, why."""
+    if not sync.status.is_success:  # the reason, in one line; the exit code says the rest
+        return f"{sync.entity_type.value}: {sync.status.code} {sync.status.text}: {sync.error_message or 'no reason given'}"
     line = (
         f"{sync.entity_type.value}: {sync.status.code} {sync.status.text}: fetched {sync.fetched},"
         f" rejected {sync.rejected}, published {sync.published}, refused {sync.failed},"
         f" deleted {sync.deleted}, batches {sync.batches}"
     )
-    if sync.parked or sync.invalid_held:
-        line += f"; {sync.parked} parked, {sync.invalid_held} held though now invalid"
+    if sync.parked:
+        line += f", parked {sync.parked}"
+    if sync.invalid_held:
+        line += f", held though now invalid {sync.invalid_held}"
     if sync.num_records is not None:
         line += f"; the gateway holds {sync.num_records}"
     if sync.started_at and sync.finished_at:
         line += f" ({(sync.finished_at - sync.started_at).total_seconds():.1f}s)"
-    if sync.error_message:
-        line += f"\n  {sync.error_message}"
     return line
 
 

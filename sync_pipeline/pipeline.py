@@ -23,6 +23,7 @@ from typing import TypeVar
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
 from .gateway import REFUSED_REQUEST, BatchOutcome, GatewayClient, Operation, idempotency_key
+from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
@@ -31,7 +32,7 @@ from .state import StateStore, records
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Progress = Callable[[str], None]
+Progress = Callable[[ProgressEvent], None]
 CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
 LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
 SPLIT_STATUSES = frozenset({400, 413})  # the gateway refuses the request: halve the batch
@@ -193,9 +194,8 @@ def fetch_and_stage(
             rows = PageRows()
         if pages == 2:
             crash_point("fetching")
-        if progress and pages % 50 == 0:
-            elapsed = time.monotonic() - started
-            progress(f"{pages} pages, {seen} records, {seen / max(elapsed, 1e-9):,.0f} records/s")
+        if progress:
+            progress(ProgressEvent("fetching", pages=pages, records=seen, seconds=time.monotonic() - started))
     staging.load_rows(rows)
     if full:
         # what the gateway holds or is owed that the listing no longer shows: gone, or moved out
@@ -330,8 +330,9 @@ def publish_changes(
         if totals["batches"] % save_every == 0:
             staging.fold_outcomes(utcnow())
             scratch.save()
-        if progress and totals["batches"] % 20 == 0:
-            progress(f"{totals['batches']} batches settled, {totals['published']} records published")
+        if progress:
+            progress(ProgressEvent("publishing", batches=totals["batches"], records=totals["published"],
+                                   seconds=time.monotonic() - started))
 
     deletions = [
         ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()

@@ -15,7 +15,9 @@ from typing import Optional
 import dagster as dg
 
 from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time
+from .. import progress
 from ..errors import EntityBusy, status_for
+from ..progress import ProgressEvent
 from ..pipeline import PublishResult, StageResult, SyncScratch, adopt_legacy_holdings, fetch_and_stage, publish_changes
 from ..settings import data_dir, duckdb_settings, record_policy, scratch_path
 from ..staging import StagingStore, connect_scratch
@@ -211,7 +213,7 @@ def _stage(
             context.log.info(f"took the {adopted} records the gateway held from the old local staging file")
         result = fetch_and_stage(
             source, scratch, sync.window, full=sync.mode is SyncMode.FULL, allow_deletions=sync.allow_deletions,
-            deletion_share=config.deletion_share, progress=context.log.info,
+            deletion_share=config.deletion_share, progress=_progress(context),
         )
     except Exception as error:
         raise _fail(scratch.state, sync.sync_id, error) from error
@@ -251,7 +253,7 @@ def _staged_result(key: dg.AssetKey, sync: SyncRecord, result: StageResult) -> d
 def _publish(context, gateway: GatewayResource, connection, scratch: SyncScratch, sync: SyncRecord) -> PublishResult:
     client = gateway.client(connection)
     try:
-        return publish_changes(client, scratch, workers=gateway.workers, progress=context.log.info)
+        return publish_changes(client, scratch, workers=gateway.workers, progress=_progress(context))
     except Exception as error:
         raise _fail(scratch.state, sync.sync_id, error) from error
     finally:
@@ -336,6 +338,20 @@ def _outcome(result: PublishResult) -> tuple[SyncStatus, str | None]:
             " same version is parked until it changes)"
         )
     return SyncStatus.SUCCESS, None
+
+
+def _progress(context):
+    """Progress to the run's log (every 50 pages, every 20 batches) and to any listener in this
+    process (the `sync` command's progress bar)."""
+
+    def note(event: ProgressEvent) -> None:
+        progress.report(event)
+        if (event.phase == "fetching" and event.pages % 50 == 0) or (
+            event.phase == "publishing" and event.batches and event.batches % 20 == 0
+        ):
+            context.log.info(event.describe())
+
+    return note
 
 
 def _describe(window: Window) -> str:
