@@ -68,6 +68,12 @@ def reconcile_weekday() -> int | None:
     return days.index(text[:3])
 
 
+def retention_days() -> float:
+    """How long the state store keeps syncs, batches, rejections and record trails
+    (SYNC_RETENTION_DAYS, default 90)."""
+    return float(os.environ.get("SYNC_RETENTION_DAYS") or 90)
+
+
 def record_policy() -> dict:
     """What a sync does with problem records: park a record the gateway refused this many times
     in a row at one version (SYNC_PARK_AFTER_REFUSALS, default 2; 0 never parks), and whether to

@@ -152,3 +152,12 @@ def test_a_tick_for_a_thousand_merchants_takes_well_under_the_tick_timeout(regis
     with capsys.disabled():
         print(f"\n  a tick for 1,000 merchants: {len(result.run_requests)} run requests in {seconds:.2f}s")
     assert seconds < 10  # Dagster's default tick timeout is 60 s
+
+
+def test_the_daily_prune_job_runs_on_its_schedule(sync_env):
+    schedule = build_defs().resolve_schedule_def("daily_prune_history")
+    assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+    with dg.DagsterInstance.get() as instance:
+        result = build_defs().resolve_job_def("prune_history").execute_in_process(instance=instance)
+    assert result.success
+    assert set(result.output_for_node("prune_state_store")) == {"record_events", "rejections", "batches", "syncs", "records"}

@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 
 from sync_pipeline.domain import EntityType, SyncMode, SyncStatus, Window
 from sync_pipeline.errors import EntityBusy
@@ -214,3 +215,40 @@ def test_an_old_single_merchant_store_is_upgraded_in_place(tmp_path):
     with pytest.raises(EntityBusy):
         store.enqueue_sync(P, origin="test")
     store.dispose()
+
+
+def test_history_is_pruned_but_never_what_the_next_sync_or_the_api_needs(state_store):
+    from sync_pipeline.state.schema import batches, record_events, records, rejections, syncs
+
+    old = [run_to_end(state_store, P, SyncMode.LATEST if i else SyncMode.FULL, Window(T0 + timedelta(days=i - 1) if i else None,
+           T0 + timedelta(days=i))) for i in range(3)]
+    failed = run_to_end(state_store, P, SyncMode.LATEST, Window(T0 + timedelta(days=2), T0 + timedelta(days=3)),
+                        SyncStatus.GATEWAY_UNAVAILABLE)
+    historic = run_to_end(state_store, C, SyncMode.HISTORIC, Window(T0 - timedelta(days=30), T0 - timedelta(days=20)))
+    state_store.record_batch(batch_id="b-old", sync_id=old[0].sync_id, entity=P, operation="UPSERT", idempotency_key="k", item_count=1)
+    now = T0 + timedelta(days=200)
+    with state_store.engine.begin() as conn:
+        conn.execute(syncs.update().values(finished_at=syncs.c.window_end))  # everything finished long ago
+        conn.execute(record_events.insert().values(merchant_id="default", entity_type="PRODUCT", record_id="a",
+                                                   sync_id=old[0].sync_id, event_at=T0, event="seen"))
+        conn.execute(rejections.insert().values(sync_id=old[0].sync_id, merchant_id="default", entity_type="PRODUCT",
+                                                record_id="z", reason="bad", raw="{}", rejected_at=T0))
+        conn.execute(records.insert(), [
+            dict(merchant_id="default", entity_type="PRODUCT", record_id="held", held_hash="h", gone_at=None,
+                 refused_times=0, pending=0),
+            dict(merchant_id="default", entity_type="PRODUCT", record_id="gone", held_hash=None, gone_at=T0,
+                 refused_times=0, pending=0),
+            dict(merchant_id="default", entity_type="PRODUCT", record_id="owed", gone_at=T0, held_hash="h",
+                 refused_times=0, pending=2),
+        ])
+    watermark = state_store.watermark(P)
+    pruned = state_store.prune_history(90, now=now)
+    assert pruned == {"record_events": 1, "rejections": 1, "batches": 1, "syncs": 3, "records": 1}
+    remaining = {s.sync_id for s in state_store.history(P, 50)} | {s.sync_id for s in state_store.history(C, 50)}
+    # the last success of each type is kept; here it also makes the watermark
+    assert remaining == {old[2].sync_id, historic.sync_id} and failed.sync_id not in remaining
+    assert state_store.watermark(P) == watermark and state_store.last_successful(C).sync_id == historic.sync_id
+    with state_store.engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(records.c.record_id)).scalars()) == ["held", "owed"]
+        assert conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar() == 0
+    assert state_store.prune_history(90, now=now) == {k: 0 for k in pruned}

@@ -8,6 +8,7 @@ from ..domain import EntityType
 from .assets import build_sync_assets
 from .checks import build_freshness_check
 from .executors import sync_executor
+from .maintenance import prune_history, prune_schedule
 from .resources import default_resources
 from .runs import ENTITY_TAG
 from .schedules import build_daily_schedule, build_freshness_schedule
@@ -38,12 +39,12 @@ def build_defs() -> dg.Definitions:
         description="The freshness checks alone: has each type synced successfully within 26 hours?",
     )
     products_job = next(job for job in jobs if job.name == job_name(EntityType.PRODUCT))
-    schedules += [build_daily_schedule(products_job), build_freshness_schedule(freshness_job)]
+    schedules += [build_daily_schedule(products_job), build_freshness_schedule(freshness_job), prune_schedule]
     resources = default_resources()
     return dg.Definitions(
         assets=assets,
         asset_checks=freshness_checks,
-        jobs=[*jobs, freshness_job],
+        jobs=[*jobs, freshness_job, prune_history],
         schedules=schedules,
         sensors=[
             build_sync_requests_sensor(jobs), build_merchant_partitions_sensor(), build_collections_after_products_sensor()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
 from ..errors import EntityBusy
 from ..settings import sync_lookback
-from . import records, schema
+from . import records, retention, schema
 from .schema import ACTIVE_CODES, SUCCESS_CODES, batches, syncs
 
 
@@ -403,6 +403,9 @@ class StateStore:
 
     def import_events(self, entity: EntityType, sync_id: str, path: Path, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.import_events(self.engine, merchant, entity, sync_id, path)
+
+    def prune_history(self, older_than_days: float, now: datetime | None = None) -> dict[str, int]:
+        return retention.prune_history(self.engine, (now or utcnow()) - timedelta(days=older_than_days))
 
     def count_held(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.count_held(self.engine, merchant, entity)

@@ -1,0 +1,54 @@
+"""Bounded history: what the state store keeps of the past, SYNC_RETENTION_DAYS long.
+
+Pruned: syncs finished before the cutoff and their batches, rejections, record events, and the
+rows of records long gone from both the source and the gateway. Never pruned: what the next
+sync needs (every record's current state, the syncs whose windows make the watermark) and the
+last successful sync of each (merchant, type), which the Sync API reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from .schema import ACTIVE_CODES, SUCCESS_CODES, batches, record_events, records, rejections, syncs
+
+
+def kept_syncs(conn: sa.Connection) -> set[str]:
+    """Per (merchant, type): the last successful sync, and the last successful full or latest
+    one (its window end is the watermark)."""
+    kept: set[str] = set()
+    for modes in (None, ("full", "latest")):
+        ranked = sa.select(
+            syncs.c.sync_id,
+            sa.func.row_number()
+            .over(partition_by=(syncs.c.merchant_id, syncs.c.entity_type), order_by=syncs.c.finished_at.desc())
+            .label("rank"),
+        ).where(syncs.c.status_code.in_(SUCCESS_CODES))
+        if modes:
+            ranked = ranked.where(syncs.c.mode.in_(modes))
+        subquery = ranked.subquery()
+        kept.update(conn.execute(sa.select(subquery.c.sync_id).where(subquery.c.rank == 1)).scalars())
+    return kept
+
+
+def prune_history(engine: sa.Engine, cutoff: datetime) -> dict[str, int]:
+    """Delete what is older than `cutoff` and not needed; returns how many rows of each table."""
+    counts: dict[str, int] = {}
+    with engine.begin() as conn:
+        kept = kept_syncs(conn)
+        old = (
+            sa.select(syncs.c.sync_id)
+            .where(syncs.c.finished_at < cutoff, syncs.c.status_code.not_in(ACTIVE_CODES))
+            .where(syncs.c.sync_id.not_in(kept) if kept else sa.true())
+        )
+        counts["record_events"] = conn.execute(sa.delete(record_events).where(record_events.c.event_at < cutoff)).rowcount
+        counts["rejections"] = conn.execute(sa.delete(rejections).where(rejections.c.rejected_at < cutoff)).rowcount
+        counts["batches"] = conn.execute(sa.delete(batches).where(batches.c.sync_id.in_(old))).rowcount
+        counts["syncs"] = conn.execute(sa.delete(syncs).where(syncs.c.sync_id.in_(old))).rowcount
+        counts["records"] = conn.execute(
+            sa.delete(records).where(
+                records.c.held_hash.is_(None), records.c.pending == 0, records.c.gone_at < cutoff,
+            )
+        ).rowcount
+    return counts
