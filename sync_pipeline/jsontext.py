@@ -52,20 +52,27 @@ def loads_exact(content: bytes) -> Any:
 
 def has_double(value: Any) -> bool:
     """Whether orjson gave a double anywhere in `value` (a number with a fraction or exponent,
-    or an integer beyond 64 bits). On every page: written for speed (2.6 µs a product)."""
-    kind = type(value)
-    if kind is dict:
-        items = value.values()
-    elif kind is list:
-        items = value
-    else:
-        return kind is float
-    for item in items:
-        item_kind = type(item)
-        if item_kind is str or item_kind is int or item_kind is bool or item is None:
+    or an integer beyond 64 bits). On every page: written for speed (about 2.6 µs a product),
+    with a stack rather than recursion, since orjson reads nesting 1,024 deep."""
+    stack = [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            items = item.values()
+        elif kind is list:
+            items = item
+        else:
+            if kind is float:
+                return True
             continue
-        if item_kind is float or has_double(item):
-            return True
+        for child in items:
+            child_kind = type(child)
+            if child_kind is float:
+                return True
+            if child_kind is dict or child_kind is list:
+                push(child)
     return False
 
 
@@ -73,12 +80,25 @@ def canonical_json(record: Any, *, strict: bool = True) -> str:
     """The record's canonical text, sorted keys, compact: the same content always gives the same
     text (and hash); exact numbers are written as they came. Raises NumberOutOfRange for a
     number no double holds, unless not `strict` (to keep a rejected record as it came)."""
-    if not has_exact(record):
-        try:
-            return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
-        except TypeError:  # an integer beyond 64 bits, which orjson will not write
-            return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return _exact_dumps(record, "", strict)
+    try:  # an ExactNumber goes out as its text; orjson refuses an integer beyond 64 bits
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=_as_written if strict else _as_sent).decode()
+    except TypeError:
+        pass
+    if has_exact(record):
+        return _exact_dumps(record, "", strict)
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _as_sent(value: Any) -> Any:
+    if isinstance(value, ExactNumber):
+        return orjson.Fragment(value.text)
+    raise TypeError
+
+
+def _as_written(value: Any) -> Any:
+    if isinstance(value, ExactNumber) and not math.isfinite(value):
+        raise NumberOutOfRange(f"a number is out of range: {value.text[:40]}")
+    return _as_sent(value)
 
 
 def has_exact(value: Any) -> bool:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .crypto import SecretBox, hash_token, tokens_equal
-from .domain import DEFAULT_MERCHANT, check_merchant_id, utcnow
+from .domain import DEFAULT_MERCHANT, SyncStatus, check_merchant_id, utcnow
 from .settings import env
 from .state import StateStore
 from .state.schema import merchants
@@ -198,10 +198,15 @@ class MerchantRegistry:
             raise InvalidMerchant("this API token is already in use; give each merchant tokens of its own")
 
     def set_enabled(self, merchant_id: str, enabled: bool) -> None:
-        """Enable or disable a merchant; history is kept either way."""
+        """Enable or disable a merchant; history is kept either way. Disabling closes the syncs
+        it has queued (a disabled merchant is never synced); one already running finishes."""
         if merchant_id != DEFAULT_MERCHANT and self._row(merchant_id) is None:
             raise UnknownMerchant(f"no merchant {merchant_id!r}")
         self.put(MerchantSpec(merchantId=merchant_id, enabled=enabled))
+        if not enabled:
+            for sync in self.store.active_syncs(merchant_id):
+                if sync.status is SyncStatus.QUEUED:
+                    self.store.finish_sync(sync.sync_id, SyncStatus.FAILED, error_message=f"merchant {merchant_id} disabled")
 
     # --- reads --------------------------------------------------------------------------
     def _row(self, merchant_id: str):

@@ -69,19 +69,20 @@ class SyncScratch:
         path.unlink()
         return count
 
-    def save(self) -> int:
-        """Write back to the state store every row this sync changed since the last save, and
-        the records' trail events."""
-        path = self._csv("dirty")
-        count = self.staging.dirty_to_csv(path)
-        if count:
-            self.state.import_records(self.entity, path, merchant=self.merchant)
-            path.unlink()
-        events = self._csv("events")
-        if self.staging.events_to_csv(events):
-            self.state.import_events(self.entity, self.sync_id, events, merchant=self.merchant)
-            events.unlink()
-        return count
+    def save(self, *, settled_only: bool = False) -> int:
+        """Write back to the state store the rows this sync changed since the last save (with
+        `settled_only`, only those the gateway has answered for), and the records' trail events;
+        they count as saved only once the state store has them."""
+        rows_path, events_path = self._csv("rows"), self._csv("events")
+        rows, events = self.staging.unsaved_to_csv(rows_path, events_path, settled_only=settled_only)
+        if rows:
+            self.state.import_records(self.entity, rows_path, merchant=self.merchant)
+            rows_path.unlink()
+        if events:
+            self.state.import_events(self.entity, self.sync_id, events_path, merchant=self.merchant)
+            events_path.unlink()
+        self.staging.mark_saved()
+        return rows
 
 
 def adopt_legacy_holdings(scratch: SyncScratch, data_dir: Path) -> int:
@@ -216,7 +217,7 @@ def fetch_and_stage(
     scratch.state.save_rejections(scratch.sync_id, entity, staging.rejected_rows(), merchant=scratch.merchant)
     crash_point("staged")
     staging.mark_gone(gone, now)  # confirmed by a 404: deleted from the gateway if it holds them
-    scratch.save()
+    # Nothing is written back yet: publishing does, once per record, as the gateway answers.
     return StageResult(
         counts=counts, pages=pages, to_delete=len(staging.pending_deletions()),
         seconds=time.monotonic() - started, fetched_by_id=len(present),
@@ -265,6 +266,7 @@ def publish_changes(
         scratch.staging, scratch.state, scratch.entity, scratch.merchant, scratch.sync_id
     )
     totals = {"published": 0, "failed": 0, "deleted": 0, "batches": 0, "failed_batches": 0}
+    unsaved_batches = 0
 
     def submit_and_follow(operation: Operation, items: list[ChangedRecord]) -> BatchOutcome:
         key = state.usable_idempotency_key(
@@ -306,7 +308,9 @@ def publish_changes(
             return send(operation, items[:half]) + send(operation, items[half:])
 
     def settle(future: Future, operation: Operation) -> None:
+        nonlocal unsaved_batches
         for items, outcome in future.result():
+            unsaved_batches += 1
             if outcome.batch_status != REFUSED_REQUEST:
                 totals["batches"] += 1
             if outcome.batch_status == "FAILED":
@@ -327,9 +331,10 @@ def publish_changes(
                 _note(staging, Outcome.FAILED, rejected_items, batch_id, refused)
                 totals["deleted"] += len(accepted)
             totals["failed"] += len(rejected_items)
-        if totals["batches"] % save_every == 0:
+        if unsaved_batches >= save_every:
             staging.fold_outcomes(utcnow())
-            scratch.save()
+            scratch.save(settled_only=True)
+            unsaved_batches = 0
         if progress:
             progress(ProgressEvent("publishing", batches=totals["batches"], records=totals["published"],
                                    seconds=time.monotonic() - started))

@@ -102,10 +102,11 @@ def test_an_unchanged_listing_writes_nothing_back(syncs, tmp_path):
     staging = syncs.next()
     stage(staging, [product("a"), product("b")])
     publish_all(staging)
-    assert staging.dirty_to_csv(tmp_path / "first.csv") == 2
+    assert staging.unsaved_to_csv(tmp_path / "first.csv", tmp_path / "first-events.csv") == (2, 4)  # seen, published
+    staging.mark_saved()
     staging = syncs.next()
     stage(staging, [product("a"), product("b")], sync_id="s2")
-    assert staging.dirty_to_csv(tmp_path / "second.csv") == 0
+    assert staging.unsaved_to_csv(tmp_path / "second.csv", tmp_path / "second-events.csv") == (0, 0)
 
 
 def test_only_changed_content_is_published_again(syncs):
@@ -221,3 +222,10 @@ def test_an_updated_at_without_an_offset_is_utc_in_duckdb_as_in_python(syncs):
     stage(staging, [product("a", "2025-03-01T10:00:00"), product("b", "2025-03-01T10:00:00+02:00")])
     found = dict(staging.db.execute("SELECT record_id, source_updated_at FROM known").fetchall())
     assert found["a"] == parse_time("2025-03-01T10:00:00") and found["b"] == parse_time("2025-03-01T08:00:00Z")
+
+
+def test_the_scratch_and_the_state_store_agree_on_the_record_columns():
+    from sync_pipeline.staging.store import KNOWN_COLUMNS
+    from sync_pipeline.state.records import COLUMNS
+
+    assert list(KNOWN_COLUMNS) == COLUMNS  # the CSV files between them are matched by position

@@ -77,11 +77,15 @@ def _claim_sync(
     close_abandoned(state, context.instance, entity, merchant)
     tagged = context.run.tags.get(SYNC_ID_TAG)
     sync = state.get_sync(tagged, merchant=merchant) if tagged else None
+    enabled = _registry(context).is_enabled(merchant)
     if sync is not None and sync.status is SyncStatus.QUEUED and sync.entity_type is entity:
+        if not enabled:  # queued before its merchant was disabled: a disabled merchant is never synced
+            state.finish_sync(sync.sync_id, SyncStatus.FAILED, error_message=f"merchant {merchant} is disabled")
+            raise dg.Failure(description=f"merchant {merchant} is disabled: sync {sync.sync_id} not run")
         return sync
     origin = context.run.tags.get(ORIGIN_TAG, "dagster")
     try:
-        if not _registry(context).is_enabled(merchant):
+        if not enabled:
             raise ValueError(f"merchant {merchant} is disabled")
         if sync is not None:  # a re-execution of a finished run: the same request, as a new sync
             request = dict(mode=sync.requested_mode, sync_to=sync.sync_to, allow_deletions=sync.allow_deletions)
@@ -191,15 +195,17 @@ def build_sync_assets(entity: EntityType) -> dg.AssetsDefinition:
             f"sync {sync.sync_id}: {sync.mode.value} {entity.value} sync of merchant {sync.merchant_id},"
             f" {_describe(sync.window)}"
         )
-        try:
+        try:  # whatever goes wrong from here on closes the sync with its reason
             connection = state_store.registry().connection(sync.merchant_id)
+            with sync_scratch(state, sync) as scratch:
+                staged = _stage(context, product_service, connection, scratch, sync, config)
+                yield _staged_result(staged_key, sync, staged)
+                published = _publish(context, gateway, connection, scratch, sync)
+                yield _published_result(context, published_key, state, scratch, sync, published)
+        except dg.Failure:
+            raise
         except Exception as error:
             raise _fail(state, sync.sync_id, error) from error
-        with sync_scratch(state, sync) as scratch:
-            staged = _stage(context, product_service, connection, scratch, sync, config)
-            yield _staged_result(staged_key, sync, staged)
-            published = _publish(context, gateway, connection, scratch, sync)
-            yield _published_result(context, published_key, state, scratch, sync, published)
 
     return sync_step
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..domain import EntityType, parse_time
+from ..domain import EntityType, format_time, parse_time
 from ..jsontext import NumberOutOfRange, canonical_json
 
 
-def rejection_reason(entity: EntityType, record: Any) -> str | None:
-    """Why `record` cannot be published, or None when it is valid. Never raises."""
+def rejection_reason(entity: EntityType, record: Any, updated_at: datetime | None = None) -> str | None:
+    """Why `record` cannot be published, or None when it is valid. Never raises. `updated_at`:
+    its updatedAt already parsed, if it was."""
     if not isinstance(record, dict):
         return f"not a JSON object but {type(record).__name__}"
     record_id = record.get("id")
@@ -20,7 +21,7 @@ def rejection_reason(entity: EntityType, record: Any) -> str | None:
     title = record.get("title")
     if not isinstance(title, str) or not title.strip():
         return "title is missing or not a non-empty string"
-    if parsed_updated_at(record.get("updatedAt")) is None:
+    if (updated_at or parsed_updated_at(record.get("updatedAt"))) is None:
         return f"updatedAt is missing or not a time: {record.get('updatedAt')!r:.60}"
     if entity is EntityType.PRODUCT:
         price = record.get("listPrice")
@@ -66,20 +67,20 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
     """
     rows = rows if rows is not None else PageRows()
     for offset, record in enumerate(records):
+        is_object = isinstance(record, dict)
+        # parsed once, here: the time DuckDB stores is the one validation read, in UTC
+        updated_at = parsed_updated_at(record.get("updatedAt")) if is_object else None
         try:
             raw = canonical_json(record)
-            reason = rejection_reason(entity, record)
+            reason = rejection_reason(entity, record, updated_at)
         except NumberOutOfRange as error:  # this record cannot go out as it is; the page can
             raw, reason = canonical_json(record, strict=False), str(error)
-        is_object = isinstance(record, dict)
+        except RecursionError:
+            raw, reason = "", "nested too deeply to be read"
         record_id = record.get("id") if is_object else None
         rows.seq.append(first_seq + offset)
         rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
-        updated_at = record.get("updatedAt") if is_object else None
-        if reason is not None and parsed_updated_at(updated_at) is None:
-            updated_at = None  # a valid record's updatedAt was parsed by the validation already
-        rows.updated_at.append(updated_at)
+        rows.updated_at.append(format_time(updated_at) if updated_at else None)
         rows.raw.append(raw)
         rows.reason.append(reason)
     return rows
-

@@ -8,7 +8,7 @@ Tables:
   known     the state store's rows for this (merchant, type) that this sync touches: the last
             valid version seen at the source, what the gateway holds, refusals, deletions, and
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
-            Rows this sync changes are marked `dirty` and written back by `dirty_to_csv`.
+            Rows this sync changes are marked `dirty` and written back by `unsaved_to_csv`.
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (seen, rejected, published, refused, parked, failed,
@@ -161,6 +161,7 @@ class StagingStore:
         self.db = connection
         self.park_after = park_after
         self.withdraw_invalid = withdraw_invalid
+        self._saving = "dirty"
         self.db.execute(SCHEMA)
         self._outcomes: tuple[list, list, list, list, list] = ([], [], [], [], [])
 
@@ -177,32 +178,35 @@ class StagingStore:
             [str(csv_path)],
         )
 
-    def dirty_to_csv(self, csv_path: Path) -> int:
-        """Write the rows this sync changed since the last call (for the state store), and
-        forget that they were changed. Returns how many."""
-        count = self._scalar("SELECT count(*) FROM known WHERE dirty")
-        if not count:
-            return 0
-        columns = ", ".join(
-            f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
-            for name, kind in KNOWN_COLUMNS.items()
-        )
-        self.db.execute(
-            f"COPY (SELECT {columns} FROM known WHERE dirty) TO '{_sql_path(csv_path)}' (HEADER, DELIMITER ',')"
-        )
-        self.db.execute("UPDATE known SET dirty = false WHERE dirty")
-        return count
-
-    def events_to_csv(self, csv_path: Path) -> int:
-        """Write the trail events since the last call (for the state store) and forget them."""
-        count = self._scalar("SELECT count(*) FROM events")
-        if count:
-            self.db.execute(
-                f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id, detail"
-                f" FROM events) TO '{_sql_path(csv_path)}' (HEADER, DELIMITER ',')"
+    def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:
+        """Write the rows this sync changed and the trail events not yet saved (for the state
+        store); `settled_only`: only rows the gateway has answered for (a save while publishing,
+        so a record is not written once before it is sent and again after). `mark_saved` forgets
+        them once the state store has them. Returns (rows, events)."""
+        where = "dirty" + (" AND record_id IN (SELECT id FROM settled)" if settled_only else "")
+        rows = self._scalar(f"SELECT count(*) FROM known WHERE {where}")
+        if rows:
+            columns = ", ".join(
+                f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
+                for name, kind in KNOWN_COLUMNS.items()
             )
-            self.db.execute("DELETE FROM events")
-        return count
+            self.db.execute(
+                f"COPY (SELECT {columns} FROM known WHERE {where}) TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
+            )
+        events = self._scalar("SELECT count(*) FROM events")
+        if events:
+            self.db.execute(
+                f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
+                f" detail FROM events) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
+            )
+        self._saving = where
+        return rows, events
+
+    def mark_saved(self) -> None:
+        """The state store has what `unsaved_to_csv` wrote: forget it (nothing changed meanwhile:
+        the scratch is used from one thread)."""
+        self.db.execute(f"UPDATE known SET dirty = false WHERE {self._saving}")
+        self.db.execute("DELETE FROM events")
 
     def fetched_ids(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT DISTINCT id FROM fetched WHERE id IS NOT NULL").fetchall()]
@@ -316,24 +320,22 @@ class StagingStore:
             raise
         return StageCounts(fetched=fetched, unique=unique, valid=valid, rejected=unique - valid)
 
-    def _settle_pending(self) -> None:
+    def _settle_pending(self, among: str = "") -> None:
         """`pending` from the rest of the row: a confirmed deletion of something held is owed
         as a delete (and, if so set, a held record now invalid); a valid version the gateway
-        does not hold (and has not parked) as a publish."""
+        does not hold (and has not parked) as a publish. `among`: a condition narrowing the
+        rows to look at. One pass over the table, no join: it must fit DuckDB's memory cap."""
         parked = "false" if self.park_after is None else f"({PARKED_WHERE} AND refused_times >= {int(self.park_after)})"
         withdraw = "true" if self.withdraw_invalid else "false"
+        new_pending = f"""CASE
+            WHEN gone_at IS NOT NULL THEN CASE WHEN held_hash IS NOT NULL THEN {PENDING_DELETE} ELSE 0 END
+            WHEN {withdraw} AND rejected_reason IS NOT NULL AND held_hash IS NOT NULL THEN {PENDING_DELETE}
+            WHEN source_hash IS NOT NULL AND rejected_reason IS NULL
+                 AND source_hash IS DISTINCT FROM held_hash AND NOT {parked} THEN {PENDING_PUBLISH}
+            ELSE 0 END"""
         self.db.execute(
-            f"""
-            UPDATE known SET pending = new_pending, dirty = true FROM (
-                SELECT record_id AS rid, CASE
-                    WHEN gone_at IS NOT NULL THEN CASE WHEN held_hash IS NOT NULL THEN {PENDING_DELETE} ELSE 0 END
-                    WHEN {withdraw} AND rejected_reason IS NOT NULL AND held_hash IS NOT NULL THEN {PENDING_DELETE}
-                    WHEN source_hash IS NOT NULL AND rejected_reason IS NULL
-                         AND source_hash IS DISTINCT FROM held_hash AND NOT {parked} THEN {PENDING_PUBLISH}
-                    ELSE 0 END AS new_pending
-                FROM known
-            ) WHERE rid = record_id AND pending IS DISTINCT FROM new_pending
-            """
+            f"UPDATE known SET pending = {new_pending}, dirty = true"
+            f" WHERE pending IS DISTINCT FROM ({new_pending}) {('AND ' + among) if among else ''}"
         )
 
     def rejected_rows(self) -> list[tuple[str | None, str, str]]:
@@ -517,9 +519,9 @@ class StagingStore:
                 """,
                 [now],
             )
+            self._settle_pending(among="record_id IN (SELECT id FROM outcomes)")
             db.execute("INSERT INTO settled SELECT * FROM outcomes")
             db.execute("DELETE FROM outcomes")
-            self._settle_pending()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
