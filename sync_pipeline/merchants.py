@@ -59,6 +59,8 @@ class MerchantSpec(BaseModel):
             parsed = urlparse(value)
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 raise ValueError("productServiceUrl must be an http(s) URL")
+            if parsed.username or parsed.password or parsed.query:  # shown by `merchants list`: no secret in it
+                raise ValueError("productServiceUrl must hold no credentials or query; the token goes in productServiceToken")
         return value
 
 
@@ -167,13 +169,20 @@ class MerchantRegistry:
                 self._check_token_is_free(spec.merchantId, given[name])
         values = self._column_values(given)
         now = utcnow()
-        with self.store.engine.begin() as conn:
-            if existing is None:
-                conn.execute(merchants.insert().values(merchant_id=spec.merchantId, created_at=now, updated_at=now, **values))
-            elif values:
-                conn.execute(
-                    merchants.update().where(merchants.c.merchant_id == spec.merchantId).values(updated_at=now, **values)
-                )
+        try:
+            with self.store.engine.begin() as conn:
+                if existing is None:
+                    conn.execute(
+                        merchants.insert().values(merchant_id=spec.merchantId, created_at=now, updated_at=now, **values)
+                    )
+                elif values:
+                    conn.execute(
+                        merchants.update().where(merchants.c.merchant_id == spec.merchantId).values(updated_at=now, **values)
+                    )
+        except sa.exc.IntegrityError:
+            if existing is None and self._row(spec.merchantId) is not None:
+                return self.put(spec)  # added meanwhile by another request: this one updates it
+            raise InvalidMerchant("this API token is already in use; give each merchant tokens of its own") from None
         return existing is None
 
     def _column_values(self, given: dict) -> dict:

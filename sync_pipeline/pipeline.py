@@ -270,7 +270,7 @@ def publish_changes(
 
     def submit_and_follow(operation: Operation, items: list[ChangedRecord]) -> BatchOutcome:
         key = state.usable_idempotency_key(
-            idempotency_key(entity, operation, (item.fingerprint for item in items)), merchant
+            idempotency_key(entity, operation, (item.fingerprint for item in items), merchant), merchant
         )
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)

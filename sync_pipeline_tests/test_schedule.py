@@ -69,15 +69,18 @@ def test_a_tick_asks_for_each_merchant_due_in_its_hour_and_queues_nothing(regist
     assert registry.store.active_syncs() == []  # evaluating a tick has no side effect
 
 
-def test_on_the_reconcile_day_the_daily_sync_is_a_full_one(registry, monkeypatch):
+def test_a_weekly_full_reconcile_runs_half_a_day_after_each_merchants_daily_sync(registry, monkeypatch):
     add(registry, "acme", 2)
+    assert "weekly_full_reconcile" not in {s.name for s in build_defs().schedules}  # switched off (`off`)
     monkeypatch.setenv("SYNC_RECONCILE_DAY", "sunday")
+    reconcile = build_defs().resolve_schedule_def("weekly_full_reconcile")
+    assert reconcile.cron_schedule == "0 * * * 0"
     with dg.DagsterInstance.get() as instance:
-        monday = evaluate_schedule(instance, "daily_sync", at_hour(2, day=2))
-        sunday = evaluate_schedule(instance, "daily_sync", at_hour(2, day=8))
-    assert {r.tags[MODE_TAG] for r in monday.run_requests} == {"latest"}
-    assert {r.tags[MODE_TAG] for r in sunday.run_requests} == {"full"}
-    assert all(SYNC_TO_TAG not in r.tags for r in sunday.run_requests)
+        daily = evaluate_schedule(instance, "daily_sync", at_hour(2, day=8))  # a Sunday: the daily sync is as ever
+        full = evaluate_schedule(instance, "weekly_full_reconcile", at_hour(14, day=8))
+    assert {r.tags[MODE_TAG] for r in daily.run_requests} == {"latest"}
+    assert [(r.tags[PARTITION_TAG], r.tags[MODE_TAG]) for r in full.run_requests] == [("default", "full"), ("acme", "full")]
+    assert all(SYNC_TO_TAG not in r.tags for r in full.run_requests)
 
 
 def evaluate_chain(instance, cursor=None):
@@ -95,7 +98,7 @@ def test_a_merchants_collections_follow_its_products_run_whatever_its_outcome(re
         assert products.success
         chained = evaluate_chain(instance)
         [collections] = chained.run_requests
-        assert collections.job_name == "sync_collections" and collections.run_key == "default|COLLECTION|2026-03-02T02:00:00+00:00"
+        assert collections.job_name == "sync_collections" and collections.run_key == "default|COLLECTION|latest|2026-03-02T02:00:00+00:00"
         assert {k: collections.tags[k] for k in (PARTITION_TAG, MODE_TAG, SYNC_TO_TAG)} == {
             PARTITION_TAG: "default", MODE_TAG: "latest", SYNC_TO_TAG: "2026-03-02T02:00:00Z"}
         assert not evaluate_chain(instance, chained.cursor).run_requests  # asked for once

@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, check_merchant_id, format_time, parse_time
+from ..crypto import SecretKeyError
 from ..merchants import InvalidMerchant, MerchantRegistry, Principal, parse_spec
 from ..settings import record_policy
 from ..state import StateStore, SyncRecord
@@ -99,9 +100,11 @@ class SyncApi:
         last = self.store.last_successful(call.entity, merchant=call.merchant)
         if last is None:
             raise ApiError(404, f"no {call.entity.value} sync has succeeded yet")
+        held = self.store.held_now(call.entity, merchant=call.merchant)
         return 200, schemas.SyncStatusResponse(
             data=schemas.SyncStatus(
-                entityType=call.entity.value, updatedAt=format_time(last.finished_at), numRecords=last.num_records or 0
+                entityType=call.entity.value, updatedAt=format_time(last.finished_at),
+                numRecords=held if held is not None else (last.num_records or 0),
             ),
             meta={
                 "syncId": last.sync_id,
@@ -179,6 +182,8 @@ class SyncApi:
             created = self.registry.put(parse_spec({**given, "merchantId": merchant_id}))
         except InvalidMerchant as error:
             raise ApiError(400, str(error)) from None
+        except SecretKeyError as error:  # the deployment's setting, not the request: no secret in it
+            raise ApiError(503, str(error)) from None
         return (201 if created else 200), _merchant_response(self.registry, merchant_id)
 
     def list_merchants(self, call: Call) -> tuple[int, BaseModel]:
@@ -384,6 +389,8 @@ def _endpoint(operation: Operation, registry: MerchantRegistry):
         if operation.access != PUBLIC:
             token = _bearer(request)
             principal = await run_in_threadpool(registry.principal_for, token) if token else None
+            if principal is None:  # before anything else is read: no token learns how a query is checked
+                raise ApiError(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
             query = _query(request, operation)
             requested = query.get("merchantId") if operation.per_merchant else None
             merchant = await run_in_threadpool(_authorize, operation, principal, requested, registry)

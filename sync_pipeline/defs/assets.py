@@ -109,8 +109,15 @@ def _registry(context: dg.AssetExecutionContext):
 
 
 def _fail(state: StateStore, sync_id: str, error: BaseException) -> dg.Failure:
+    """Close the sync with the status its error maps to, and what the gateway now holds (a sync
+    that failed while publishing may have changed it)."""
     status = status_for(error)
-    state.finish_sync(sync_id, status, error_message=str(error))
+    sync = state.get_sync(sync_id)
+    try:
+        held = state.count_held(sync.entity_type, merchant=sync.merchant_id)
+    except Exception:  # the state store itself may be what failed
+        held = None
+    state.finish_sync(sync_id, status, error_message=str(error), num_records=held)
     return dg.Failure(description=f"sync {sync_id} ended {status.code} {status.text}: {error}")
 
 

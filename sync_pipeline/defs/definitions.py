@@ -11,7 +11,7 @@ from .executors import sync_executor
 from .maintenance import prune_history, prune_schedule
 from .resources import default_resources
 from .runs import ENTITY_TAG
-from .schedules import build_daily_schedule, build_freshness_schedule
+from .schedules import build_daily_schedule, build_freshness_schedule, build_reconcile_schedule
 from .runs import job_name
 from .sensors import build_collections_after_products_sensor, build_merchant_partitions_sensor, build_sync_requests_sensor
 
@@ -39,7 +39,9 @@ def build_defs() -> dg.Definitions:
         description="The freshness checks alone: has each type synced successfully within 26 hours?",
     )
     products_job = next(job for job in jobs if job.name == job_name(EntityType.PRODUCT))
-    schedules += [build_daily_schedule(products_job), build_freshness_schedule(freshness_job), prune_schedule]
+    reconcile = build_reconcile_schedule(products_job)
+    schedules += [build_daily_schedule(products_job), *([reconcile] if reconcile else []),
+                  build_freshness_schedule(freshness_job), prune_schedule]
     resources = default_resources()
     return dg.Definitions(
         assets=assets,

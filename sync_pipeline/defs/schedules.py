@@ -20,33 +20,31 @@ HOURLY_CRON = "0 * * * *"
 FRESHNESS_CRON = "17 * * * *"
 
 
-def daily_mode(tick) -> SyncMode:
-    """Latest, or on the reconcile day (SYNC_RECONCILE_DAY, default Sunday) full: a full sync
-    catches anything a latest window could not see and propagates deletions (under the guard)."""
-    return SyncMode.FULL if tick.weekday() == reconcile_weekday() else SyncMode.LATEST
+RECONCILE_OFFSET_HOURS = 12  # a merchant's weekly full sync, half a day from its daily one
 
 
 def daily_run_request(merchant: str, entity: EntityType, tick, mode: SyncMode) -> dg.RunRequest:
     return dg.RunRequest(
-        run_key=f"{merchant}|{entity.value}|{tick.isoformat()}", job_name=job_name(entity),
+        run_key=f"{merchant}|{entity.value}|{mode.value}|{tick.isoformat()}", job_name=job_name(entity),
         tags=scheduled_run_tags(merchant, entity, tick, mode),
     )
 
 
-def daily_sync_requests(registry: MerchantRegistry, tick) -> list[dg.RunRequest] | dg.SkipReason:
-    """A products sync, up to the tick, for each enabled merchant due in the tick's hour."""
-    due = registry.due_at(tick.hour)
+def daily_sync_requests(registry: MerchantRegistry, tick, mode: SyncMode = SyncMode.LATEST) -> list[dg.RunRequest] | dg.SkipReason:
+    """A products sync, up to the tick, for each enabled merchant due in the tick's hour: its
+    daily latest sync, or (`full`) its weekly reconcile, RECONCILE_OFFSET_HOURS after that hour."""
+    hour = tick.hour if mode is SyncMode.LATEST else (tick.hour - RECONCILE_OFFSET_HOURS) % 24
+    due = registry.due_at(hour)
     if not due:
         return dg.SkipReason(f"no merchant is due at {tick.hour:02d}:00 UTC")
-    mode = daily_mode(tick)
     return [daily_run_request(merchant, EntityType.PRODUCT, tick, mode) for merchant in due]
 
 
-def build_daily_schedule(job) -> dg.ScheduleDefinition:
+def _schedule(name: str, cron: str, job, mode: SyncMode, description: str) -> dg.ScheduleDefinition:
     def evaluate(context: dg.ScheduleEvaluationContext):
         state_store: StateStoreResource = context.resources.state_store
         tick = min(context.scheduled_execution_time or utcnow(), utcnow())
-        result = daily_sync_requests(state_store.registry(), tick)
+        result = daily_sync_requests(state_store.registry(), tick, mode)
         if isinstance(result, dg.SkipReason):
             yield result
             return
@@ -56,16 +54,33 @@ def build_daily_schedule(job) -> dg.ScheduleDefinition:
         yield from result
 
     return dg.ScheduleDefinition(
-        name="daily_sync",
-        cron_schedule=HOURLY_CRON,
-        execution_timezone="UTC",
-        job=job,
-        execution_fn=evaluate,
-        required_resource_keys={"state_store"},
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every hour, a latest products sync, up to the tick, of each enabled merchant whose syncHourUtc"
-        " it is (default 02:00 UTC), then its collections (sensor daily_collections_after_products); on the"
-        " reconcile day (SYNC_RECONCILE_DAY, default Sunday) full ones.",
+        name=name, cron_schedule=cron, execution_timezone="UTC", job=job, execution_fn=evaluate,
+        required_resource_keys={"state_store"}, default_status=dg.DefaultScheduleStatus.RUNNING, description=description,
+    )
+
+
+def build_daily_schedule(job) -> dg.ScheduleDefinition:
+    return _schedule(
+        "daily_sync", HOURLY_CRON, job, SyncMode.LATEST,
+        "Every hour, a latest products sync, up to the tick, of each enabled merchant whose syncHourUtc it is"
+        " (default 02:00 UTC), then its collections (sensor daily_collections_after_products).",
+    )
+
+
+def build_reconcile_schedule(job) -> dg.ScheduleDefinition | None:
+    """The weekly full reconcile: on SYNC_RECONCILE_DAY (default Sunday; `off`: none), a full sync
+    of each merchant, RECONCILE_OFFSET_HOURS after its daily sync hour. It catches what latest
+    windows could not see (records committed later than the lookback) and propagates deletions,
+    under the deletion guard."""
+    weekday = reconcile_weekday()
+    if weekday is None:
+        return None
+    cron_day = (weekday + 1) % 7  # cron counts from Sunday, Python from Monday
+    return _schedule(
+        "weekly_full_reconcile", f"0 * * * {cron_day}", job, SyncMode.FULL,
+        f"Every hour of the reconcile day (SYNC_RECONCILE_DAY), a full products sync, then collections, of each"
+        f" enabled merchant whose syncHourUtc was {RECONCILE_OFFSET_HOURS} hours before: deletions and anything"
+        " a latest window missed, under the deletion guard.",
     )
 
 

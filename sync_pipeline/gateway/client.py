@@ -60,14 +60,19 @@ class BatchOutcome:
         )
 
 
-def idempotency_key(entity: EntityType, operation: Operation, fingerprints: Iterable[str]) -> str:
+def idempotency_key(
+    entity: EntityType, operation: Operation, fingerprints: Iterable[str], merchant: str = "default"
+) -> str:
     """A key that is the same whenever the same change is sent again.
 
     Fingerprints name each item and the state it moves the gateway from and to
     (id, old hash, new hash), so a rerun after a crash repeats the key and is not applied
     twice, while a later, genuinely new change to the same content gets a new key.
     """
-    digest = hashlib.sha256(f"{entity.value}:{operation.value}".encode())
+    # the merchant too (not `default`'s, whose keys stay as they were): a gateway whose keys are
+    # global must not answer one merchant's batch with another's
+    scope = f"{entity.value}:{operation.value}" if merchant == "default" else f"{merchant}:{entity.value}:{operation.value}"
+    digest = hashlib.sha256(scope.encode())
     for fingerprint in fingerprints:
         digest.update(b"\x00")
         digest.update(fingerprint.encode())

@@ -189,8 +189,9 @@ merchants = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("merchants_by_api_token", "api_token_hash"),
-    sa.Index("merchants_by_api_read_token", "api_read_token_hash"),
+    # a token is one merchant's: the database refuses a second (NULLs, no read token, may repeat)
+    sa.Index("merchants_by_api_token", "api_token_hash", unique=True),
+    sa.Index("merchants_by_api_read_token", "api_read_token_hash", unique=True),
     sa.Index("merchants_by_hour", "sync_hour_utc", "enabled"),
 )
 

@@ -291,7 +291,9 @@ class StateStore:
     ) -> None:
         """Record a submitted batch; a batch id seen again (idempotent replay) is kept once."""
         with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(batches.c.batch_id).where(batches.c.batch_id == batch_id)).first()
+            exists = conn.execute(
+                sa.select(batches.c.batch_id).where(batches.c.batch_id == batch_id, batches.c.merchant_id == merchant)
+            ).first()
             if exists:
                 conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(sync_id=sync_id))
                 return
@@ -429,6 +431,17 @@ class StateStore:
             .where(*_of(merchant, entity), syncs.c.status_code.in_(SUCCESS_CODES))
             .order_by(syncs.c.finished_at.desc())
         )
+
+    def held_now(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int | None:
+        """How many records the gateway holds now, as the last finished sync that counted them
+        found (a failed sync that published counts too)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(syncs.c.num_records)
+                .where(*_of(merchant, entity), syncs.c.num_records.is_not(None), syncs.c.finished_at.is_not(None))
+                .order_by(syncs.c.finished_at.desc())
+                .limit(1)
+            ).scalar()
 
     def last_success_times(self, entity: EntityType) -> dict[str, datetime]:
         """When each merchant's last successful sync of `entity` finished."""
