@@ -52,7 +52,7 @@ def run_tags_for(sync: SyncRecord) -> dict[str, str]:
 
 def scheduled_run_tags(merchant: str, entity: EntityType, sync_to, mode: SyncMode) -> dict[str, str]:
     """The tags of a daily run: it takes its lease when it starts, syncing up to the tick (a
-    latest sync, or on the reconcile day a full one)."""
+    latest sync, or the weekly full reconcile)."""
     tags = {ORIGIN_TAG: "schedule", TICK_TAG: format_time(sync_to), MODE_TAG: mode.value, **lease_tags(merchant, entity)}
     if mode is SyncMode.LATEST:
         tags[SYNC_TO_TAG] = format_time(sync_to)
