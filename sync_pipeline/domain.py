@@ -114,6 +114,13 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f"{text!r:.60} is out of range in UTC") from None
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """A time read back from a database, in UTC (SQLite gives it back without an offset)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 def format_time(value: datetime | None) -> str | None:
     """ISO-8601 UTC with a Z, as on the wire: 2024-05-01T00:00:00Z (microseconds kept if set)."""
     if value is None:

@@ -27,7 +27,7 @@ from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
-from .state import StateStore, records
+from .state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def adopt_legacy_holdings(scratch: SyncScratch, data_dir: Path) -> int:
     if scratch.merchant != DEFAULT_MERCHANT or legacy is None:
         return 0
     adopted = 0
-    if not records.count_records(scratch.state.engine, scratch.merchant, scratch.entity):
+    if not scratch.state.count_records(scratch.entity, merchant=scratch.merchant):
         path = scratch._csv("legacy")
         adopted = export_legacy_holdings(legacy, path)
         if adopted:
@@ -318,7 +318,7 @@ def publish_changes(
                 totals["failed"] += len(items)
                 _note(staging, Outcome.FAILED, items, outcome.batch_id, {})
                 continue
-            refused = {str(item.get("id")): str(item.get("reason") or "") for item in outcome.failed_items}
+            refused = outcome.failed_reasons
             batch_id = outcome.batch_id or None
             accepted = [item for item in items if item.id not in refused]
             rejected_items = [item for item in items if item.id in refused]

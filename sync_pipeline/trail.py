@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from .domain import EntityType, format_time
+from .domain import EntityType, as_utc, format_time
+from .staging.store import PENDING_DELETE, PENDING_PUBLISH
 from .state import StateStore
 from .state.schema import record_events, records, rejections
 
-PENDING_PUBLISH, PENDING_DELETE = 1, 2
 EVENTS_SHOWN = 20
 
 
@@ -116,10 +116,10 @@ def record_trail(
         row = conn.execute(sa.select(records).where(*key)).first()
         if row is None:
             return None
-        state = {name: _utc(value) if isinstance(value, datetime) else value for name, value in row._mapping.items()}
+        state = {name: as_utc(value) if isinstance(value, datetime) else value for name, value in row._mapping.items()}
         events = [
             {
-                "at": _t(_utc(event.event_at)), "event": event.event, "syncId": event.sync_id,
+                "at": _t(as_utc(event.event_at)), "event": event.event, "syncId": event.sync_id,
                 "contentHash": event.content_hash, "batchId": event.batch_id, "detail": event.detail,
             }
             for event in conn.execute(
@@ -139,12 +139,7 @@ def record_trail(
         ).first()
     last_rejection = None if rejection is None else {
         "syncId": rejection.sync_id, "reason": rejection.reason, "raw": rejection.raw,
-        "at": _t(_utc(rejection.rejected_at)),
+        "at": _t(as_utc(rejection.rejected_at)),
     }
     return Trail(merchant, entity, record_id, state, last_rejection, events, park_after)
 
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

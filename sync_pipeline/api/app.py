@@ -532,7 +532,8 @@ def create_app(store: StateStore, registry: MerchantRegistry | None = None, reap
         for op in ops
     ]
     routes += [Route(BASE_PATH + "/openapi.json", openapi, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
-    routes += [Route("/healthz", _endpoint(ops[-1], registry), methods=["GET"])]
+    health = next(op for op in ops if op.operation_id == "health")
+    routes += [Route("/healthz", _endpoint(health, registry), methods=["GET"])]
 
     async def server_error(request: Request, error: Exception) -> Response:
         return envelope(500, "the server could not answer this request; it has been logged")

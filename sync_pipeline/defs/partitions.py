@@ -17,11 +17,15 @@ MERCHANT_PARTITIONS = "merchants"
 merchant_partitions = dg.DynamicPartitionsDefinition(name=MERCHANT_PARTITIONS)
 
 
+def missing_merchant_partitions(instance: dg.DagsterInstance, merchant_ids: Iterable[str]) -> list[str]:
+    """The merchants that have no partition yet."""
+    existing = set(instance.get_dynamic_partitions(MERCHANT_PARTITIONS))
+    return [merchant_id for merchant_id in dict.fromkeys(merchant_ids) if merchant_id not in existing]
+
+
 def ensure_merchant_partitions(instance: dg.DagsterInstance, merchant_ids: Iterable[str]) -> list[str]:
     """Add the merchants that have no partition yet; returns those added."""
-    wanted = list(dict.fromkeys(merchant_ids))
-    existing = set(instance.get_dynamic_partitions(MERCHANT_PARTITIONS))
-    missing = [merchant_id for merchant_id in wanted if merchant_id not in existing]
+    missing = missing_merchant_partitions(instance, merchant_ids)
     if missing:
         instance.add_dynamic_partitions(MERCHANT_PARTITIONS, missing)
     return missing

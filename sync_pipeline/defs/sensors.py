@@ -8,7 +8,7 @@ import dagster as dg
 from datetime import datetime, timezone
 
 from ..domain import EntityType, SyncMode, SyncStatus, parse_time
-from .partitions import MERCHANT_PARTITIONS, ensure_merchant_partitions
+from .partitions import MERCHANT_PARTITIONS, ensure_merchant_partitions, missing_merchant_partitions
 from .resources import StateStoreResource
 from .runs import MODE_TAG, ORIGIN_TAG, PARTITION_TAG, TICK_TAG, close_abandoned, job_name, run_tags_for
 from .schedules import daily_run_request
@@ -52,8 +52,7 @@ def sync_requests(context: dg.SensorEvaluationContext):
 
 
 def _missing_partitions(context: dg.SensorEvaluationContext, merchant_ids: list[str]) -> list:
-    existing = set(context.instance.get_dynamic_partitions(MERCHANT_PARTITIONS))
-    missing = [merchant_id for merchant_id in merchant_ids if merchant_id not in existing]
+    missing = missing_merchant_partitions(context.instance, merchant_ids)
     return [dg.AddDynamicPartitionsRequest(MERCHANT_PARTITIONS, missing)] if missing else []
 
 

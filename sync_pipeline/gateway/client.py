@@ -40,8 +40,9 @@ class BatchOutcome:
     operation: str = "UPSERT"
 
     @property
-    def failed_ids(self) -> set[str]:
-        return {str(item.get("id")) for item in self.failed_items}
+    def failed_reasons(self) -> dict[str, str]:
+        """The id of each item the gateway refused, with its reason."""
+        return {str(item.get("id")): str(item.get("reason") or "") for item in self.failed_items}
 
     @classmethod
     def refused_request(cls, item_id: str, reason: str, operation: str) -> "BatchOutcome":

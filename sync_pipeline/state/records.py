@@ -20,8 +20,6 @@ from .schema import records
 # Every column after the key, in the order of the CSV files.
 COLUMNS: list[str] = [c.name for c in records.columns if c.name not in ("merchant_id", "entity_type")]
 STATE_COLUMNS = COLUMNS[1:]
-TIME_COLUMNS = [c.name for c in records.columns if isinstance(c.type, sa.DateTime)]
-PENDING_PUBLISH, PENDING_DELETE = 1, 2
 ID_CHUNK = 500
 SQLITE_BATCH = 20_000
 
@@ -89,60 +87,49 @@ def _csv_values(row) -> list:
 def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: Path) -> int:
     """Insert or replace the records in the CSV file `path` (the COLUMNS, with a header, times
     in UTC as `YYYY-MM-DD HH:MM:SS[.ffffff]`, empty for null) in one transaction."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            return _copy_in(conn, merchant, entity, path)
-        return _sqlite_upsert(conn, merchant, entity, path)
-
-
-_UPDATE_SET = ", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS)
-
-
-def _copy_in(conn: sa.Connection, merchant: str, entity: EntityType, path: Path) -> int:
-    raw = conn.connection.dbapi_connection
-    names = ", ".join(COLUMNS)
-    with raw.cursor() as cursor, path.open() as source:
-        cursor.execute("SET LOCAL TIME ZONE 'UTC'")
-        cursor.execute(
-            "CREATE TEMP TABLE incoming_records ON COMMIT DROP AS"
-            f" SELECT {names} FROM records WITH NO DATA"
-        )
-        cursor.copy_expert(f"COPY incoming_records ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)", source)
-        cursor.execute(
-            f"INSERT INTO records (merchant_id, entity_type, {names})"
-            f" SELECT %s, %s, {names} FROM incoming_records"
-            f" ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET {_UPDATE_SET}",
-            (merchant, entity.value),
-        )
-        return cursor.rowcount
-
-
-def _sqlite_upsert(conn: sa.Connection, merchant: str, entity: EntityType, path: Path) -> int:
-    names = ", ".join(COLUMNS)
-    marks = ", ".join("?" for _ in COLUMNS)
-    sql = (
-        f"INSERT INTO records (merchant_id, entity_type, {names}) VALUES (?, ?, {marks})"
-        f" ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET {_UPDATE_SET}"
+    upsert = (
+        "ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS)
     )
-    raw = conn.connection.dbapi_connection
-    cursor = raw.cursor()
-    count = 0
-    prefix = (merchant, entity.value)
-    with path.open(newline="") as source:
-        reader = csv.reader(source)
-        next(reader)
-        batch: list[tuple] = []
-        for row in reader:
-            batch.append(prefix + tuple(None if value == "" else value for value in row))
-            if len(batch) >= SQLITE_BATCH:
+    return _load_csv(engine, "records", {"merchant_id": merchant, "entity_type": entity.value}, COLUMNS, path, upsert)
+
+
+def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: list[str], path: Path, suffix: str = "") -> int:
+    """Insert the rows of a CSV file (`columns`, with a header) into `table`, each with the
+    `fixed` values too, in one transaction: PostgreSQL through COPY into a temporary table,
+    SQLite through the DBAPI in large batches. `suffix`: an ON CONFLICT clause."""
+    names = ", ".join(columns)
+    targets = ", ".join([*fixed, *columns])
+    with engine.begin() as conn:
+        raw = conn.connection.dbapi_connection
+        if conn.dialect.name == "postgresql":
+            with raw.cursor() as cursor, path.open() as source:
+                cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+                cursor.execute(f"CREATE TEMP TABLE incoming ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
+                cursor.copy_expert(f"COPY incoming ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)", source)
+                cursor.execute(
+                    f"INSERT INTO {table} ({targets}) SELECT {', '.join('%s' for _ in fixed)}, {names} FROM incoming {suffix}",
+                    tuple(fixed.values()),
+                )
+                return cursor.rowcount
+        sql = f"INSERT INTO {table} ({targets}) VALUES ({', '.join('?' for _ in [*fixed, *columns])}) {suffix}"
+        prefix = tuple(fixed.values())
+        cursor = raw.cursor()
+        count = 0
+        with path.open(newline="") as source:
+            reader = csv.reader(source)
+            next(reader)
+            batch: list[tuple] = []
+            for row in reader:
+                batch.append(prefix + tuple(None if value == "" else value for value in row))
+                if len(batch) >= SQLITE_BATCH:
+                    cursor.executemany(sql, batch)
+                    count, batch = count + len(batch), []
+            if batch:
                 cursor.executemany(sql, batch)
                 count += len(batch)
-                batch = []
-        if batch:
-            cursor.executemany(sql, batch)
-            count += len(batch)
-    cursor.close()
-    return count
+        cursor.close()
+        return count
 
 
 def problem_records(
@@ -190,65 +177,20 @@ def held_among(engine: sa.Engine, merchant: str, entity: EntityType, ids: Iterab
     return held
 
 
-def count_records(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.count()).where(records.c.merchant_id == merchant, records.c.entity_type == entity.value)
-        ).scalar_one()
-
-
 EVENT_COLUMNS = ["record_id", "event_at", "event", "content_hash", "batch_id", "detail"]
 
 
 def import_events(engine: sa.Engine, merchant: str, entity: EntityType, sync_id: str, path: Path) -> int:
     """Append a sync's record events from the CSV file `path` (EVENT_COLUMNS, with a header)."""
-    with engine.begin() as conn:
-        raw = conn.connection.dbapi_connection
-        names = ", ".join(EVENT_COLUMNS)
-        if conn.dialect.name == "postgresql":
-            with raw.cursor() as cursor, path.open() as source:
-                cursor.execute("SET LOCAL TIME ZONE 'UTC'")
-                cursor.execute(
-                    "CREATE TEMP TABLE incoming_events ON COMMIT DROP AS"
-                    f" SELECT {names} FROM record_events WITH NO DATA"
-                )
-                cursor.copy_expert(f"COPY incoming_events ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)", source)
-                cursor.execute(
-                    f"INSERT INTO record_events (merchant_id, entity_type, sync_id, {names})"
-                    f" SELECT %s, %s, %s, {names} FROM incoming_events",
-                    (merchant, entity.value, sync_id),
-                )
-                return cursor.rowcount
-        cursor = raw.cursor()
-        sql = (
-            f"INSERT INTO record_events (merchant_id, entity_type, sync_id, {names})"
-            f" VALUES (?, ?, ?, {', '.join('?' for _ in EVENT_COLUMNS)})"
-        )
-        prefix = (merchant, entity.value, sync_id)
-        count = 0
-        with path.open(newline="") as source:
-            reader = csv.reader(source)
-            next(reader)
-            batch: list[tuple] = []
-            for row in reader:
-                batch.append(prefix + tuple(None if value == "" else value for value in row))
-                if len(batch) >= SQLITE_BATCH:
-                    cursor.executemany(sql, batch)
-                    count, batch = count + len(batch), []
-            if batch:
-                cursor.executemany(sql, batch)
-                count += len(batch)
-        cursor.close()
-        return count
+    fixed = {"merchant_id": merchant, "entity_type": entity.value, "sync_id": sync_id}
+    return _load_csv(engine, "record_events", fixed, EVENT_COLUMNS, path)
 
 
-def count_held(engine: sa.Engine, merchant: str, entity: EntityType) -> int:
-    """How many records of (merchant, entity) the gateway holds from this service."""
+def count_records(engine: sa.Engine, merchant: str, entity: EntityType, *, held_only: bool = True) -> int:
+    """How many records of (merchant, entity) the gateway holds from this service (or, not
+    `held_only`, the state store knows)."""
+    where = [records.c.merchant_id == merchant, records.c.entity_type == entity.value]
+    if held_only:
+        where.append(records.c.held_hash.is_not(None))
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(sa.func.count()).where(
-                records.c.merchant_id == merchant,
-                records.c.entity_type == entity.value,
-                records.c.held_hash.is_not(None),
-            )
-        ).scalar_one()
+        return conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()

@@ -8,24 +8,18 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, SyncStatus, Window, resolve_window, utcnow
+from ..domain import DEFAULT_MERCHANT, EntityType, SyncMode, SyncStatus, Window, as_utc, resolve_window, utcnow
 from ..errors import EntityBusy
 from ..settings import sync_lookback
 from . import records, retention, schema
 from .schema import ACTIVE_CODES, SUCCESS_CODES, batches, syncs
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class SyncRecord:
         values["mode"] = SyncMode(m["mode"])
         values["requested_mode"] = SyncMode(m["requested_mode"])
         for name in ("window_start", "window_end", "sync_to", "requested_at", "started_at", "finished_at"):
-            values[name] = _utc(values[name])
+            values[name] = as_utc(values[name])
         return cls(status=SyncStatus.from_code(m["status_code"]), **values)
 
     @property
@@ -96,8 +90,8 @@ class BatchRecord:
     def from_row(cls, row: Any) -> "BatchRecord":
         m = dict(row._mapping)
         m["entity_type"] = EntityType(m["entity_type"])
-        m["submitted_at"] = _utc(m["submitted_at"])
-        m["finished_at"] = _utc(m["finished_at"])
+        m["submitted_at"] = as_utc(m["submitted_at"])
+        m["finished_at"] = as_utc(m["finished_at"])
         return cls(**m)
 
 
@@ -410,7 +404,10 @@ class StateStore:
         return retention.prune_history(self.engine, (now or utcnow()) - timedelta(days=older_than_days))
 
     def count_held(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
-        return records.count_held(self.engine, merchant, entity)
+        return records.count_records(self.engine, merchant, entity)
+
+    def count_records(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> int:
+        return records.count_records(self.engine, merchant, entity, held_only=False)
 
     # --- reads ------------------------------------------------------------------------
     def get_sync(self, sync_id: str, merchant: str | None = None) -> SyncRecord | None:
@@ -451,7 +448,7 @@ class StateStore:
                 .where(syncs.c.entity_type == entity.value, syncs.c.status_code.in_(SUCCESS_CODES))
                 .group_by(syncs.c.merchant_id)
             ).all()
-        return {merchant: _utc(finished) for merchant, finished in rows}
+        return {merchant: as_utc(finished) for merchant, finished in rows}
 
     def watermark(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> datetime | None:
         """Where the next latest sync starts: the window end of the last successful
@@ -467,7 +464,7 @@ class StateStore:
                 .order_by(syncs.c.window_end.desc())
                 .limit(1)
             ).scalar()
-        return _utc(value)
+        return as_utc(value)
 
     def active_syncs(self, merchant: str | None = None) -> list[SyncRecord]:
         query = sa.select(syncs).where(syncs.c.status_code.in_(ACTIVE_CODES)).order_by(syncs.c.requested_at)
