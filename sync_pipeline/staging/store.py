@@ -249,75 +249,71 @@ class StagingStore:
         again, records that came back. Then say for each what the gateway is owed."""
         db = self.db
         fetched = self._scalar("SELECT count(*) FROM fetched")
-        db.execute("BEGIN")
-        try:
-            # Duplicates are rare (a record updated while the listing paged): rank only those ids
-            # and drop the older copies in place, so no step copies the catalogue's JSON.
-            db.execute(
-                """
-                DELETE FROM fetched WHERE seq IN (
-                    SELECT seq FROM (
-                        SELECT seq, row_number() OVER (
-                            PARTITION BY id ORDER BY updated_at DESC NULLS LAST, seq DESC
-                        ) AS rank
-                        FROM fetched
-                        WHERE id IN (SELECT id FROM fetched WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1)
-                    ) WHERE rank > 1
-                )
-                """
+        # No transaction around these steps: the scratch is thrown away if a sync fails, and one
+        # transaction holding every change of a large catalogue would not fit DuckDB's memory cap.
+        # Duplicates are rare (a record updated while the listing paged): rank only those ids
+        # and drop the older copies in place, so no step copies the catalogue's JSON.
+        db.execute(
+            """
+            DELETE FROM fetched WHERE seq IN (
+                SELECT seq FROM (
+                    SELECT seq, row_number() OVER (
+                        PARTITION BY id ORDER BY updated_at DESC NULLS LAST, seq DESC
+                    ) AS rank
+                    FROM fetched
+                    WHERE id IN (SELECT id FROM fetched WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1)
+                ) WHERE rank > 1
             )
-            db.execute(
-                "INSERT INTO known (record_id, refused_times, pending, dirty)"
-                " SELECT f.id, 0, 0, true FROM fetched f"
-                " WHERE f.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM known k WHERE k.record_id = f.id)"
-            )
-            # Only what changed is written (and leaves a trail): an unchanged catalogue writes nothing.
-            db.execute(
-                f"""
-                INSERT INTO events SELECT f.id, ?, '{Event.SEEN}', f.content_hash, NULL, NULL
-                FROM fetched f JOIN known k ON k.record_id = f.id
-                WHERE f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash
-                      OR k.rejected_reason IS NOT NULL OR k.gone_at IS NOT NULL)
-                """,
-                [now],
-            )
-            db.execute(
-                f"""
-                INSERT INTO events SELECT f.id, ?, '{Event.REJECTED}', f.content_hash, NULL, f.reason
-                FROM fetched f JOIN known k ON k.record_id = f.id
-                WHERE f.reason IS NOT NULL AND (k.rejected_reason IS DISTINCT FROM f.reason OR k.gone_at IS NOT NULL)
-                """,
-                [now],
-            )
-            db.execute(
-                """
-                UPDATE known SET source_hash = f.content_hash, source_updated_at = f.updated_at,
-                    source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
-                    gone_at = NULL, dirty = true
-                FROM fetched f
-                WHERE f.id = known.record_id AND f.reason IS NULL
-                  AND (known.source_hash IS DISTINCT FROM f.content_hash OR known.rejected_reason IS NOT NULL
-                       OR known.gone_at IS NOT NULL)
-                """,
-                [sync_id, now],
-            )
-            db.execute(
-                """
-                UPDATE known SET rejected_reason = f.reason, rejected_at = ?, gone_at = NULL, dirty = true
-                FROM fetched f
-                WHERE f.id = known.record_id AND f.reason IS NOT NULL
-                  AND (known.rejected_reason IS DISTINCT FROM f.reason OR known.gone_at IS NOT NULL)
-                """,
-                [now],
-            )
-            self._settle_pending()
-            [(unique, valid)] = db.execute(
-                "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM fetched"
-            ).fetchall()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            """
+        )
+        db.execute(
+            "INSERT INTO known (record_id, refused_times, pending, dirty)"
+            " SELECT f.id, 0, 0, true FROM fetched f"
+            " WHERE f.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM known k WHERE k.record_id = f.id)"
+        )
+        # Only what changed is written (and leaves a trail): an unchanged catalogue writes nothing.
+        db.execute(
+            f"""
+            INSERT INTO events SELECT f.id, ?, '{Event.SEEN}', f.content_hash, NULL, NULL
+            FROM fetched f JOIN known k ON k.record_id = f.id
+            WHERE f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash
+                  OR k.rejected_reason IS NOT NULL OR k.gone_at IS NOT NULL)
+            """,
+            [now],
+        )
+        db.execute(
+            f"""
+            INSERT INTO events SELECT f.id, ?, '{Event.REJECTED}', f.content_hash, NULL, f.reason
+            FROM fetched f JOIN known k ON k.record_id = f.id
+            WHERE f.reason IS NOT NULL AND (k.rejected_reason IS DISTINCT FROM f.reason OR k.gone_at IS NOT NULL)
+            """,
+            [now],
+        )
+        db.execute(
+            """
+            UPDATE known SET source_hash = f.content_hash, source_updated_at = f.updated_at,
+                source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
+                gone_at = NULL, dirty = true
+            FROM fetched f
+            WHERE f.id = known.record_id AND f.reason IS NULL
+              AND (known.source_hash IS DISTINCT FROM f.content_hash OR known.rejected_reason IS NOT NULL
+                   OR known.gone_at IS NOT NULL)
+            """,
+            [sync_id, now],
+        )
+        db.execute(
+            """
+            UPDATE known SET rejected_reason = f.reason, rejected_at = ?, gone_at = NULL, dirty = true
+            FROM fetched f
+            WHERE f.id = known.record_id AND f.reason IS NOT NULL
+              AND (known.rejected_reason IS DISTINCT FROM f.reason OR known.gone_at IS NOT NULL)
+            """,
+            [now],
+        )
+        self._settle_pending()
+        [(unique, valid)] = db.execute(
+            "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM fetched"
+        ).fetchall()
         return StageCounts(fetched=fetched, unique=unique, valid=valid, rejected=unique - valid)
 
     def _settle_pending(self, among: str = "") -> None:
@@ -470,62 +466,56 @@ class StagingStore:
         self._outcomes = ([], [], [], [], [])
 
     def fold_outcomes(self, now: datetime) -> None:
-        """Apply the buffered outcomes to `known` in one transaction: what the gateway now
+        """Apply the buffered outcomes to `known` in set operations: what the gateway now
         holds, refused (counting refusals of the same version in a row) or deleted."""
         self._flush_outcomes()
         db = self.db
-        db.execute("BEGIN")
-        try:
+        db.execute(
+            f"""
+            INSERT INTO events SELECT id, ?, CASE kind WHEN '{Outcome.HELD}' THEN '{Event.PUBLISHED}' ELSE kind END,
+                CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, 'deleted') END, batch_id, reason
+            FROM outcomes
+            """,
+            [now],
+        )
+        if self.park_after:
             db.execute(
                 f"""
-                INSERT INTO events SELECT id, ?, CASE kind WHEN '{Outcome.HELD}' THEN '{Event.PUBLISHED}' ELSE kind END,
-                    CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, 'deleted') END, batch_id, reason
-                FROM outcomes
+                INSERT INTO events SELECT o.id, ?, '{Event.PARKED}', o.content_hash, o.batch_id,
+                    'refused {self.park_after} times in a row at this version: not sent again until it changes'
+                FROM outcomes o JOIN known k ON k.record_id = o.id
+                WHERE o.kind = '{Outcome.REFUSED}' AND k.refused_hash = o.content_hash
+                  AND k.refused_times + 1 = {int(self.park_after)} AND k.source_hash = o.content_hash
                 """,
                 [now],
             )
-            if self.park_after:
-                db.execute(
-                    f"""
-                    INSERT INTO events SELECT o.id, ?, '{Event.PARKED}', o.content_hash, o.batch_id,
-                        'refused {self.park_after} times in a row at this version: not sent again until it changes'
-                    FROM outcomes o JOIN known k ON k.record_id = o.id
-                    WHERE o.kind = '{Outcome.REFUSED}' AND k.refused_hash = o.content_hash
-                      AND k.refused_times + 1 = {int(self.park_after)} AND k.source_hash = o.content_hash
-                    """,
-                    [now],
-                )
-            db.execute(
-                f"""
-                UPDATE known SET held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?,
-                    refused_hash = NULL, refused_reason = NULL, refused_at = NULL, refused_times = 0, dirty = true
-                FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.HELD}'
-                """,
-                [now],
-            )
-            db.execute(
-                f"""
-                UPDATE known SET refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,
-                    refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?, dirty = true
-                FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.REFUSED}'
-                """,
-                [now],
-            )
-            db.execute(
-                f"""
-                UPDATE known SET held_hash = NULL, held_batch_id = NULL, held_at = NULL,
-                    deleted_batch_id = o.batch_id, deleted_at = ?, dirty = true
-                FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.DELETED}'
-                """,
-                [now],
-            )
-            self._settle_pending(among="record_id IN (SELECT id FROM outcomes)")
-            db.execute("INSERT INTO settled SELECT * FROM outcomes")
-            db.execute("DELETE FROM outcomes")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        db.execute(
+            f"""
+            UPDATE known SET held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?,
+                refused_hash = NULL, refused_reason = NULL, refused_at = NULL, refused_times = 0, dirty = true
+            FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.HELD}'
+            """,
+            [now],
+        )
+        db.execute(
+            f"""
+            UPDATE known SET refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,
+                refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?, dirty = true
+            FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.REFUSED}'
+            """,
+            [now],
+        )
+        db.execute(
+            f"""
+            UPDATE known SET held_hash = NULL, held_batch_id = NULL, held_at = NULL,
+                deleted_batch_id = o.batch_id, deleted_at = ?, dirty = true
+            FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.DELETED}'
+            """,
+            [now],
+        )
+        self._settle_pending(among="record_id IN (SELECT id FROM outcomes)")
+        db.execute("INSERT INTO settled SELECT * FROM outcomes")
+        db.execute("DELETE FROM outcomes")
 
     def publish_check(self, *, full: bool) -> PublishCheck:
         """Count, for the records staged this sync, where each ended up."""
