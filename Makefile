@@ -30,13 +30,19 @@ browser:
 dev: $(STAMP)  ## sandbox, Dagster webserver and daemon, on loopback
 	bash scripts/dev.sh
 
-bench: $(STAMP) .venv-dlt/.installed  ## the benchmarks: 10k, 100k and 1M products, and the Sync API under load
+# bench.merchants and bench.state_scale need the PostgreSQL server of BENCH_PG_ADMIN / BENCH_PG_URL
+# (default: postgres@127.0.0.1:5432); each makes fresh databases and drops them afterwards.
+bench: $(STAMP) .venv-dlt/.installed  ## the benchmarks: 10k, 100k and 1M products, the Sync API under load, 200 merchants' daily cycle, the state store at 10M records
 	$(BIN)/pip install --quiet matplotlib
 	$(BIN)/python -m bench.run --sizes 10000,100000,1000000
+	$(BIN)/python -m bench.merchants --merchants 200 --products 2000 --collections 50 --workers 4
+	$(BIN)/python -m bench.state_scale --other-records 9000000 --products 1000000
 
-bench-quick: $(STAMP) .venv-dlt/.installed  ## the same at 10k and 100k, with a 10 s API load
+bench-quick: $(STAMP) .venv-dlt/.installed  ## the same at 10k and 100k, with a 10 s API load; 10 merchants of 500 products; 250k records
 	$(BIN)/pip install --quiet matplotlib
 	$(BIN)/python -m bench.run --sizes 10000,100000 --api-seconds 10
+	$(BIN)/python -m bench.merchants --merchants 10 --products 500 --collections 20 --workers 4 --repeats 2 --alone-syncs 10 --alone-first 2 --name merchants-quick
+	$(BIN)/python -m bench.state_scale --other-records 200000 --products 50000 --name state_scale-quick
 
 # dlt, the peer in the benchmark, in an environment of its own so its pins never touch ours.
 .venv-dlt/.installed:
