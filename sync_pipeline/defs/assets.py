@@ -276,7 +276,11 @@ def _publish(context, gateway: GatewayResource, connection, scratch: SyncScratch
 def _published_result(
     context, key: dg.AssetKey, state: StateStore, scratch: SyncScratch, sync: SyncRecord, result: PublishResult
 ) -> dg.MaterializeResult:
-    num_records = state.count_held(sync.entity_type, merchant=sync.merchant_id)
+    # a full sync's scratch knows every row of its (merchant, type): no count in the state store
+    num_records = (
+        scratch.staging.held_count() if sync.mode is SyncMode.FULL
+        else state.count_held(sync.entity_type, merchant=sync.merchant_id)
+    )
     batches = state.batches_for_sync(sync.sync_id)
     matches = checks.gateway_matches_result(
         key,

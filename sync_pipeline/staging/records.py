@@ -32,6 +32,14 @@ def rejection_reason(entity: EntityType, record: Any, updated_at: datetime | Non
     return None
 
 
+def _for_duckdb(text: str, parsed: datetime) -> str:
+    """The time DuckDB is to store: the text as sent when it is plain UTC (`...Z`, which DuckDB
+    reads as Python does), else the parsed time written so (any offset, a lowercase `z`)."""
+    if text.endswith("Z") and len(text) in (20, 24, 27) and text[10] == "T":
+        return text
+    return format_time(parsed)
+
+
 def parsed_updated_at(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -80,7 +88,7 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
         record_id = record.get("id") if is_object else None
         rows.seq.append(first_seq + offset)
         rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
-        rows.updated_at.append(format_time(updated_at) if updated_at else None)
+        rows.updated_at.append(_for_duckdb(record["updatedAt"], updated_at) if updated_at else None)
         rows.raw.append(raw)
         rows.reason.append(reason)
     return rows

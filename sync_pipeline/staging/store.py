@@ -266,47 +266,57 @@ class StagingStore:
             )
             """
         )
+        # What changed, first, narrow (no JSON): new records, new versions, records that became
+        # invalid or valid again, records that came back. An unchanged catalogue yields nothing,
+        # and nothing below touches more rows than changed (each step fits DuckDB's memory cap).
+        db.execute("DROP TABLE IF EXISTS changes")
         db.execute(
-            "INSERT INTO known (record_id, refused_times, pending, dirty)"
-            " SELECT f.id, 0, 0, true FROM fetched f"
-            " WHERE f.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM known k WHERE k.record_id = f.id)"
+            """
+            CREATE TEMP TABLE changes AS
+            SELECT f.id, f.content_hash, f.updated_at, f.reason, k.record_id IS NULL AS is_new
+            FROM fetched f LEFT JOIN known k ON k.record_id = f.id
+            WHERE f.id IS NOT NULL AND (
+                k.record_id IS NULL OR k.gone_at IS NOT NULL
+                OR (f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash OR k.rejected_reason IS NOT NULL))
+                OR (f.reason IS NOT NULL AND k.rejected_reason IS DISTINCT FROM f.reason)
+            )
+            """
         )
-        # Only what changed is written (and leaves a trail): an unchanged catalogue writes nothing.
+        # and the trail: a new valid version seen, or a rejected one, with the reason
         db.execute(
             f"""
-            INSERT INTO events SELECT f.id, ?, '{Event.SEEN}', f.content_hash, NULL, NULL
-            FROM fetched f JOIN known k ON k.record_id = f.id
-            WHERE f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash
-                  OR k.rejected_reason IS NOT NULL OR k.gone_at IS NOT NULL)
-            """,
-            [now],
-        )
-        db.execute(
-            f"""
-            INSERT INTO events SELECT f.id, ?, '{Event.REJECTED}', f.content_hash, NULL, f.reason
-            FROM fetched f JOIN known k ON k.record_id = f.id
-            WHERE f.reason IS NOT NULL AND (k.rejected_reason IS DISTINCT FROM f.reason OR k.gone_at IS NOT NULL)
+            INSERT INTO events SELECT id, ?, CASE WHEN reason IS NULL THEN '{Event.SEEN}' ELSE '{Event.REJECTED}' END,
+                content_hash, NULL, reason
+            FROM changes
             """,
             [now],
         )
         db.execute(
             """
-            UPDATE known SET source_hash = f.content_hash, source_updated_at = f.updated_at,
+            INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, source_seen_at,
+                               rejected_reason, rejected_at, refused_times, pending, dirty)
+            SELECT id, CASE WHEN reason IS NULL THEN content_hash END, CASE WHEN reason IS NULL THEN updated_at END,
+                   CASE WHEN reason IS NULL THEN ? END, CASE WHEN reason IS NULL THEN ? END,
+                   reason, CASE WHEN reason IS NOT NULL THEN ? END, 0, 0, true
+            FROM changes WHERE is_new
+            """,
+            [sync_id, now, now],
+        )
+        db.execute(
+            """
+            UPDATE known SET source_hash = c.content_hash, source_updated_at = c.updated_at,
                 source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
                 gone_at = NULL, dirty = true
-            FROM fetched f
-            WHERE f.id = known.record_id AND f.reason IS NULL
-              AND (known.source_hash IS DISTINCT FROM f.content_hash OR known.rejected_reason IS NOT NULL
-                   OR known.gone_at IS NOT NULL)
+            FROM changes c
+            WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NULL
             """,
             [sync_id, now],
         )
         db.execute(
             """
-            UPDATE known SET rejected_reason = f.reason, rejected_at = ?, gone_at = NULL, dirty = true
-            FROM fetched f
-            WHERE f.id = known.record_id AND f.reason IS NOT NULL
-              AND (known.rejected_reason IS DISTINCT FROM f.reason OR known.gone_at IS NOT NULL)
+            UPDATE known SET rejected_reason = c.reason, rejected_at = ?, gone_at = NULL, dirty = true
+            FROM changes c
+            WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NOT NULL
             """,
             [now],
         )
