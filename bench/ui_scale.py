@@ -448,10 +448,10 @@ class Recorder:
                 op["step"] = step
 
 
-def server_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the Dagster processes of the group: webserver,
-    daemon, code servers (run workers included while they live)."""
-    total = 0.0
+def server_cpu(pgid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each Dagster process of the group, by pid:
+    webserver, daemon, code servers (and run workers while they live)."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -460,12 +460,14 @@ def server_cpu(pgid: int) -> float:
         except (OSError, IndexError):
             continue
         if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, …, utime (12), stime (13)
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
-def browser_cpu() -> float:
-    """CPU seconds used so far by this process's Chromium descendants (browser, renderer, GPU…)."""
+def browser_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each of this process's Chromium descendants (browser, renderers,
+    GPU…), by pid: a step's CPU is the growth of those alive at its end (a renderer that exits
+    during the step takes its share with it, so the figure is a floor)."""
     parents, stats = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -477,7 +479,7 @@ def browser_cpu() -> float:
         name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
         parents[int(entry.name)] = int(fields[1])
         stats[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    me, total = os.getpid(), 0.0
+    me, out = os.getpid(), {}
     for pid, (name, seconds) in stats.items():
         if "chrom" not in name:
             continue
@@ -485,8 +487,12 @@ def browser_cpu() -> float:
         while ancestor and ancestor != me:
             ancestor = parents.get(ancestor)
         if ancestor == me:
-            total += seconds
-    return total
+            out[pid] = seconds
+    return out
+
+
+def cpu_growth(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def run_browser_steps(url: str, args, expect_materialized: int, profile: str, pgid: int | None = None
@@ -516,15 +522,15 @@ def run_browser_steps(url: str, args, expect_materialized: int, profile: str, pg
             page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
 
             def timed(step: str, action, check) -> None:
-                began, cpu_began, client_began = time.monotonic(), server_cpu(pgid) if pgid else 0.0, browser_cpu()
+                began, cpu_began, client_began = time.monotonic(), server_cpu(pgid) if pgid else {}, browser_cpu()
                 try:
                     action()
                     check()
                     seconds = time.monotonic() - began
                     timings[step].append(seconds)
-                    client[step].append(browser_cpu() - client_began)
+                    client[step].append(cpu_growth(client_began, browser_cpu()))
                     if pgid:
-                        cpu[step].append(server_cpu(pgid) - cpu_began)
+                        cpu[step].append(cpu_growth(cpu_began, server_cpu(pgid)))
                     log(f"  {profile} #{repeat + 1} {step}: {seconds:.2f}s"
                         + (f", Dagster processes' CPU {cpu[step][-1]:.2f}s" if pgid else "")
                         + f", Chromium CPU {client[step][-1]:.2f}s")
@@ -698,7 +704,8 @@ def launch_backfill_once(url: str, args, profile: str, env: dict) -> dict:
                  for status in {r.dagster_run.status.value for r in records}}.items()))
             began = time.monotonic()
             page.goto(f"{url}/runs", wait_until="commit")
-            page.get_by_text(re.compile(r"^(Queued|Started|Failure|Canceled|Success)$")).first.wait_for()
+            page.get_by_text(backfill.backfill_id).first.wait_for()  # its row in the runs table
+            page.get_by_text("Loading runs").first.wait_for(state="hidden")
             out["runs_page_during_backfill"] = round(time.monotonic() - began, 2)
             page.screenshot(path=str(SCREENSHOTS / f"{profile}-runs-during-backfill.png"))
             began = time.monotonic()
@@ -724,6 +731,9 @@ def launch_backfill_once(url: str, args, profile: str, env: dict) -> dict:
                     break
                 time.sleep(2)
             out["cancel_to_all_runs_finished"] = round(time.monotonic() - cancelled, 1)
+            offsets = sorted(r.create_timestamp.timestamp() - backfill.backfill_timestamp for r in runs)
+            out["run_created_after_s"] = {f"run {n}": round(offsets[n - 1], 1) for n in (1, 10, 25, 26, 40, 50, 75, 100)
+                                          if n <= len(offsets)}
             out["status_after_cancel"] = backfill.status.value
             out["runs_submitted"] = len(runs)
             out["run_statuses"] = sorted({r.dagster_run.status.value for r in runs})
