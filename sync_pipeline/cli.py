@@ -76,6 +76,9 @@ def build_parser() -> ArgumentParser:
     sandbox.add_argument("--merchants", type=int, default=0, help="merchants besides default: m0001... under /m/{id}")
     sandbox.add_argument("--merchant-products", type=int, default=2000)
     sandbox.add_argument("--merchant-collections", type=int, default=50)
+    sandbox.add_argument("--batch-seconds", type=_seconds_range, metavar="S or LOW-HIGH",
+                         help="how long the gateway takes over each batch: 0 completes it at once, 0.05-0.2 a"
+                              " random time in that range (default: 0.02 queued, then 0.03 processing)")
 
     api = commands.add_parser("api", help="serve the Sync API (needs SYNC_API_TOKEN)")
     api.add_argument("--host", default="127.0.0.1")
@@ -246,6 +249,17 @@ def _summary(sync) -> str:
     return line
 
 
+def _seconds_range(text: str) -> tuple[float, float | None]:
+    low, _, high = text.partition("-")
+    try:
+        bounds = (float(low), float(high) if high else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not seconds or a range of them (0.05-0.2): {text!r}") from None
+    if bounds[0] < 0 or (bounds[1] is not None and bounds[1] < bounds[0]):
+        raise argparse.ArgumentTypeError(f"not a range of seconds from low to high: {text!r}")
+    return bounds
+
+
 def _sandbox(args) -> int:
     from .sandbox.app import SandboxConfig, serve
     from .sandbox.faults import make_fault
@@ -259,6 +273,8 @@ def _sandbox(args) -> int:
         products=args.products, collections=args.collections, seed=args.seed, faults=args.faults,
         state_file=args.state_file, merchants=args.merchants, merchant_products=args.merchant_products,
         merchant_collections=args.merchant_collections,
+        **({} if args.batch_seconds is None else
+           {"queue_delay": 0.0, "process_delay": args.batch_seconds[0], "process_delay_max": args.batch_seconds[1]}),
     )
     print(f"sandbox: product service and gateway on http://{args.host}:{args.port}", flush=True)
     serve(config, host=args.host, port=args.port)

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
-from .gateway import REFUSED_REQUEST, BatchOutcome, GatewayClient, Operation, idempotency_key
+from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
@@ -253,12 +253,13 @@ def publish_changes(
     scratch: SyncScratch,
     *,
     batch_size: int = 1000,
-    workers: int = 4,
+    workers: int = 16,
     save_every: int = 100,
     progress: Progress | None = None,
 ) -> PublishResult:
     """Send every staged record whose version the gateway is owed, then the confirmed
-    deletions, in batches followed to their end. What the gateway did with each item is folded
+    deletions, in batches followed to their end: at most `workers` batches at the gateway at
+    once, all followed by one `BatchWatcher`. What the gateway did with each item is folded
     into the scratch and written back to the state store every `save_every` batches and at the
     end, so a sync that dies loses at most that much bookkeeping (the gateway replays the rest)."""
     started = time.monotonic()
@@ -272,6 +273,7 @@ def publish_changes(
         key = state.usable_idempotency_key(
             idempotency_key(entity, operation, (item.fingerprint for item in items), merchant), merchant
         )
+        submitted = time.monotonic()
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
         else:
@@ -282,7 +284,7 @@ def publish_changes(
             idempotency_key=key, item_count=len(items), merchant=merchant,
         )
         crash_point("waiting")
-        outcome = gateway.wait_for_batch(batch_id)
+        outcome = watcher.follow(batch_id, submitted)
         state.record_batch_outcome(
             batch_id, batch_status=outcome.batch_status, success_count=outcome.success_count,
             fail_count=outcome.fail_count, failed_products=outcome.failed_items, ratio=outcome.ratio,
@@ -342,7 +344,8 @@ def publish_changes(
     deletions = [
         ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()
     ]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
+    with BatchWatcher(gateway, max_in_flight=workers) as watcher, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
 
         def drain(limit: int) -> None:

@@ -49,6 +49,15 @@ def max_concurrent_syncs() -> int:
     return int(os.environ.get("SYNC_MAX_CONCURRENT_SYNCS") or 4)
 
 
+def gateway_in_flight() -> int:
+    """How many batches a sync keeps at the gateway at once, submitted and not yet ended
+    (SYNC_GATEWAY_IN_FLIGHT, default 16). The gateway's 429s slow it further."""
+    value = int(os.environ.get("SYNC_GATEWAY_IN_FLIGHT") or 16)
+    if value < 1:
+        raise ValueError(f"SYNC_GATEWAY_IN_FLIGHT must be at least 1, not {value}")
+    return value
+
+
 def sync_lookback() -> timedelta:
     """How far before the watermark a latest sync reads (SYNC_LOOKBACK, default 10m), to catch
     records a source commits late."""

@@ -11,7 +11,7 @@ import dagster as dg
 
 from ..gateway import GatewayClient
 from ..merchants import Connection, MerchantRegistry
-from ..settings import DEFAULTS, state_url
+from ..settings import DEFAULTS, gateway_in_flight, state_url
 from ..sources import ProductServiceClient
 from ..state import StateStore, open_state_store
 
@@ -36,10 +36,15 @@ class GatewayResource(dg.ConfigurableResource):
     """The gateway catalogue (batch writes): one URL for all merchants, told apart by token."""
 
     url: str
-    workers: int = 4
+    in_flight: int = 0  # batches at the gateway at once; 0: SYNC_GATEWAY_IN_FLIGHT (default 16)
+
+    @property
+    def workers(self) -> int:
+        return self.in_flight or gateway_in_flight()
 
     def client(self, connection: Connection) -> GatewayClient:
-        return GatewayClient(self.url, connection.gateway_token, pool_size=max(8, self.workers * 2))
+        # a connection for each batch being submitted and one for each being polled
+        return GatewayClient(self.url, connection.gateway_token, pool_size=2 * self.workers)
 
 
 class StateStoreResource(dg.ConfigurableResource):

@@ -1,5 +1,6 @@
-"""The gateway catalogue, write side: batch submit and batch status polling."""
+"""The gateway catalogue, write side: batch submit, and following batches to their end."""
 
 from .client import REFUSED_REQUEST, BatchOutcome, GatewayClient, Operation, idempotency_key
+from .watcher import BatchWatcher
 
-__all__ = ["REFUSED_REQUEST", "BatchOutcome", "GatewayClient", "Operation", "idempotency_key"]
+__all__ = ["REFUSED_REQUEST", "BatchOutcome", "BatchWatcher", "GatewayClient", "Operation", "idempotency_key"]

@@ -23,8 +23,9 @@ whose catalogue a batch goes to. Admin routes (`{prefix}` is empty for `default`
   merchant, or give it a new source catalogue (its gateway holdings stay); `GET
   /_admin/merchants` lists the merchants other than `default`.
 
-Batches run through QUEUED and PROCESSING for `queue_delay` and `process_delay` seconds;
-both may be 0, and a batch then completes as soon as the server's loop gets to it.
+Batches run through QUEUED and PROCESSING for `queue_delay` and `process_delay` seconds (or,
+with `process_delay_max`, a random time between the two for each batch); both may be 0, and a
+batch then completes as soon as the server's loop gets to it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -79,6 +81,7 @@ class SandboxConfig:
     gateway_token: str = GATEWAY_TOKEN
     queue_delay: float = 0.02  # seconds a batch stays QUEUED (0: no wait)
     process_delay: float = 0.03  # seconds a batch stays PROCESSING (0: no wait)
+    process_delay_max: float | None = None  # if set, each batch PROCESSING for a random time up to this
     state_file: str | None = None  # where the gateway's holdings survive a restart
     merchants: int = 0  # merchants besides `default` made at start: m0001, m0002, ...
     merchant_products: int = 2000  # the catalogue of a merchant made without one given
@@ -340,7 +343,8 @@ class Sandbox:
 
         def process() -> None:
             batch.status = "PROCESSING"
-            loop.call_later(self.config.process_delay, finish)
+            low, high = self.config.process_delay, self.config.process_delay_max
+            loop.call_later(low if high is None else random.uniform(low, high), finish)
 
         loop.call_later(self.config.queue_delay, process)
 
