@@ -18,8 +18,12 @@ venv: $(STAMP)
 run: $(STAMP)  ## full sync of both entity types against a fresh sandbox, then the status
 	bash scripts/run.sh
 
+# Tests run on 3 processes (pytest-xdist): most of a test's time is a sync's subprocesses and
+# servers waiting on each other, so 3 keep 2 cores busy. TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) browser  ## every test
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # The browser test drives Debian's Chromium (no browser download); install it when missing.
 browser:

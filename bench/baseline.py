@@ -1,6 +1,7 @@
 """The limit of a sync on one machine: moving the records. Pages the whole catalogue through the
 same HTTP stack and parses it (the fetch half), then posts the same records unchanged as gateway
-batches and waits for them; no staging, validation or diffing. Prints JSON."""
+batches and waits for them, as many at once as a sync keeps in flight and followed by the same
+watcher; no staging, validation or diffing. Prints JSON."""
 
 import json
 import resource
@@ -11,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from sync_pipeline.domain import EntityType, Window, utcnow
-from sync_pipeline.gateway import GatewayClient, Operation, idempotency_key
+from sync_pipeline.gateway import BatchWatcher, GatewayClient, Operation, idempotency_key
 from sync_pipeline.pipeline import prefetch
-from sync_pipeline.settings import SANDBOX_GATEWAY_TOKEN, SANDBOX_PRODUCT_TOKEN
+from sync_pipeline.settings import SANDBOX_GATEWAY_TOKEN, SANDBOX_PRODUCT_TOKEN, gateway_in_flight
 from sync_pipeline.sources import ProductServiceClient
 
 
@@ -24,7 +25,8 @@ def fetch_only(url: str) -> dict:
     return {"records": records, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def fetch_and_post(url: str, workers: int = 4) -> dict:
+def fetch_and_post(url: str) -> dict:
+    workers = gateway_in_flight()
     source = ProductServiceClient(url, SANDBOX_PRODUCT_TOKEN)
     gateway = GatewayClient(url, SANDBOX_GATEWAY_TOKEN, pool_size=workers * 2)
     started = time.perf_counter()
@@ -32,9 +34,10 @@ def fetch_and_post(url: str, workers: int = 4) -> dict:
 
     def post(batch: list[str], number: int) -> None:
         key = idempotency_key(EntityType.PRODUCT, Operation.UPSERT, [f"baseline:{started}:{number}"])
-        gateway.wait_for_batch(gateway.submit_upsert(EntityType.PRODUCT, batch, key))
+        submitted = time.monotonic()
+        watcher.follow(gateway.submit_upsert(EntityType.PRODUCT, batch, key), submitted)
 
-    with ThreadPoolExecutor(workers) as pool:
+    with BatchWatcher(gateway, max_in_flight=workers) as watcher, ThreadPoolExecutor(workers) as pool:
         futures = []
         for number, page in enumerate(prefetch(source.fetch_pages(EntityType.PRODUCT, Window(None, utcnow())))):
             records += len(page.records)

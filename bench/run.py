@@ -91,19 +91,23 @@ def sandbox_ceiling(url: str) -> dict:
     return {"records": records, "seconds": round(seconds, 3), "records_per_second": round(records / seconds)}
 
 
-def measure_size(n: int, dlt_max: int) -> dict:
-    print(f"== {n:,} products", flush=True)
-    sandbox, url = start_sandbox("--products", str(n), "--collections", "10", timeout=1800)
-    row: dict = {"products": n}
+def measure_size(n: int, dlt_max: int, gateway: str, first_sync_only: bool = False) -> dict:
+    """Every figure at `n` products against a gateway that takes `gateway` seconds (or a range)
+    over each batch; with `first_sync_only`, the limit and a full first sync only."""
+    print(f"== {n:,} products, gateway batches take {gateway} s", flush=True)
+    sandbox, url = start_sandbox("--products", str(n), "--collections", "10", "--batch-seconds", gateway, timeout=1800)
+    row: dict = {"products": n, "gateway": gateway}
     try:
         row["sandbox_ceiling"] = sandbox_ceiling(url)
         row["baseline_fetch"] = bench_json([sys.executable, "-m", "bench.baseline", "fetch", url])
         row["baseline_fetch_post"] = bench_json([sys.executable, "-m", "bench.baseline", "post", url])
-        if DLT_PYTHON.exists() and n <= dlt_max:
+        if DLT_PYTHON.exists() and n <= dlt_max and not first_sync_only:
             row["dlt_fetch_stage"] = bench_json([str(DLT_PYTHON), str(ROOT / "bench" / "dlt_peer.py"), url, SANDBOX_PRODUCT_TOKEN])
         env = SyncEnv(url)
         try:
             row["full_first_sync"] = env.sync("--mode", "full")
+            if first_sync_only:
+                return row
             row["full_resync_unchanged"] = env.sync("--mode", "full")
             changed = max(1, n // 100)
             requests.post(f"{url}/_admin/source/products/update", json={"count": changed}, timeout=600).raise_for_status()
@@ -183,7 +187,7 @@ def markdown(rows: list[dict], api: dict | None) -> str:
         "| products | limit: fetch s | limit: fetch+post s | full sync s (× limit) | fetch+stage s | dlt fetch+stage s (dlt ÷ ours) | re-sync unchanged s (× fetch) | latest after 1 % s (% of full) | peak RSS full / re-sync / latest MiB | dlt peak MiB | sandbox ceiling rec/s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in (r for r in rows if "full_resync_unchanged" in r):
         full, resync, latest = r["full_first_sync"], r["full_resync_unchanged"], r["latest_after_1pct"]
         fetch, limit = r["baseline_fetch"]["seconds"], r["baseline_fetch_post"]["seconds"]
         dlt = r.get("dlt_fetch_stage")
@@ -195,6 +199,14 @@ def markdown(rows: list[dict], api: dict | None) -> str:
             f"| {full['peak_rss_mib']:.0f} / {resync['peak_rss_mib']:.0f} / {latest['peak_rss_mib']:.0f} | {dlt_cells[1]} "
             f"| {r['sandbox_ceiling']['records_per_second']:,} |"
         )
+    lines.append("")
+    lines.append(f"Gateway batches took {rows[0]['gateway']} s each (the sandbox's `--batch-seconds`).")
+    lines += ["", "| gateway batch s | products | limit: fetch s | limit: fetch+post s | full first sync s | × limit | records/s |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        full, limit = r["full_first_sync"], r["baseline_fetch_post"]["seconds"]
+        lines.append(f"| {r['gateway']} | {r['products']:,} | {r['baseline_fetch']['seconds']:.1f} | {limit:.1f} "
+                     f"| {full['seconds']:.1f} | {full['seconds'] / limit:.2f}× | {r['products'] / full['seconds']:,.0f} |")
     lines.append("")
     lines.append("Sync times are whole `sync-pipeline sync PRODUCT` processes (Python and Dagster start-up, the run, "
                  "its records in the instance); the limit is the same HTTP stack moving the same records with nothing else.")
@@ -217,6 +229,7 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no plot", flush=True)
         return
+    rows = [r for r in rows if "full_resync_unchanged" in r]
     sizes = [r["products"] for r in rows]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
     series = {
@@ -250,8 +263,14 @@ def main() -> None:
     parser.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
     parser.add_argument("--dlt-max", type=int, default=100_000,
                         help="largest catalogue to run dlt on (it took 4.7 GB at 100k here)")
+    parser.add_argument("--gateways", default="0,0.05-0.2",
+                        help="how long the sandbox's gateway takes over each batch (--batch-seconds): every figure"
+                             " against the first, the limit and a full first sync against the others")
     args = parser.parse_args()
-    rows = [measure_size(int(n), args.dlt_max) for n in args.sizes.split(",")]
+    first, *others = args.gateways.split(",")
+    sizes = [int(n) for n in args.sizes.split(",")]
+    rows = [measure_size(n, args.dlt_max, first) for n in sizes]
+    rows += [measure_size(n, args.dlt_max, other, first_sync_only=True) for other in others for n in sizes]
     api = api_under_load(args.api_products, args.api_seconds) if args.api_seconds > 0 else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"sizes": rows, "api_under_load": api}, indent=2) + "\n")
