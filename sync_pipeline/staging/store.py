@@ -190,14 +190,16 @@ class StagingStore:
                 f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
                 for name, kind in KNOWN_COLUMNS.items()
             )
+            # in key order: the state store's indexes take sorted rows far faster than shuffled
             self.db.execute(
-                f"COPY (SELECT {columns} FROM known WHERE {where}) TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
+                f"COPY (SELECT {columns} FROM known WHERE {where} ORDER BY record_id)"
+                f" TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
             )
         events = self._scalar("SELECT count(*) FROM events")
         if events:
             self.db.execute(
                 f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
-                f" detail FROM events) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
+                f" detail FROM events ORDER BY record_id, event_at) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
             )
         self._saving = where
         return rows, events

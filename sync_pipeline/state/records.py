@@ -12,6 +12,7 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
 import sqlalchemy as sa
 
 from ..domain import EntityType
@@ -57,6 +58,17 @@ def export_records(
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql" and ids is None:
                 return _copy_out(conn, queries[0], out)
+            if ids is None:  # SQLite: the stored text as it is, written by the csv module in C
+                cursor = conn.connection.dbapi_connection.cursor()
+                cursor.execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM records WHERE merchant_id = ? AND entity_type = ?",
+                    (merchant, entity.value),
+                )
+                while rows := cursor.fetchmany(SQLITE_BATCH):
+                    writer.writerows(rows)
+                    count += len(rows)
+                cursor.close()
+                return count
             seen: set[str] = set()
             for query in queries:
                 for row in conn.execution_options(stream_results=True).execute(query):
@@ -113,19 +125,18 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
                 )
                 return cursor.rowcount
         sql = f"INSERT INTO {table} ({targets}) VALUES ({', '.join('?' for _ in [*fixed, *columns])}) {suffix}"
-        prefix = tuple(fixed.values())
         cursor = raw.cursor()
         count = 0
-        with path.open(newline="") as source:
-            reader = csv.reader(source)
-            next(reader)
-            batch: list[tuple] = []
-            for row in reader:
-                batch.append(prefix + tuple(None if value == "" else value for value in row))
-                if len(batch) >= SQLITE_BATCH:
-                    cursor.executemany(sql, batch)
-                    count, batch = count + len(batch), []
-            if batch:
+        # DuckDB reads the file (every value as text, empty as null) and hands over the tuples
+        # with the fixed values in front; SQLite's column affinity makes numbers of the text.
+        with duckdb.connect() as reader:
+            rows = reader.execute(
+                f"SELECT {', '.join('?' for _ in fixed)}, * FROM read_csv(?, header = true, all_varchar = true,"
+                f" auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
+                f" columns = {dict.fromkeys(columns, 'VARCHAR')!r})",
+                [*fixed.values(), str(path)],
+            )
+            while batch := rows.fetchmany(SQLITE_BATCH):
                 cursor.executemany(sql, batch)
                 count += len(batch)
         cursor.close()
