@@ -107,6 +107,7 @@ def measure_size(n: int, dlt_max: int, gateway: str, first_sync_only: bool = Fal
         try:
             row["full_first_sync"] = env.sync("--mode", "full")
             if first_sync_only:
+                print(json.dumps(row, indent=1), flush=True)
                 return row
             row["full_resync_unchanged"] = env.sync("--mode", "full")
             changed = max(1, n // 100)

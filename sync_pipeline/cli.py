@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -250,14 +251,10 @@ def _summary(sync) -> str:
 
 
 def _seconds_range(text: str) -> tuple[float, float | None]:
-    low, _, high = text.partition("-")
-    try:
-        bounds = (float(low), float(high) if high else None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not seconds or a range of them (0.05-0.2): {text!r}") from None
-    if bounds[0] < 0 or (bounds[1] is not None and bounds[1] < bounds[0]):
-        raise argparse.ArgumentTypeError(f"not a range of seconds from low to high: {text!r}")
-    return bounds
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:-\s*(\d+(?:\.\d*)?)\s*)?", text)
+    if not match or (match[2] is not None and float(match[2]) < float(match[1])):
+        raise argparse.ArgumentTypeError(f"not seconds, or a range of them from low to high (0.05-0.2): {text!r}")
+    return float(match[1]), None if match[2] is None else float(match[2])
 
 
 def _sandbox(args) -> int:

@@ -366,6 +366,7 @@ def publish_changes(
         except BaseException:
             for future in pending:
                 future.cancel()
+            watcher.close()  # batches still at the gateway are not waited for: a rerun replays them
             raise
         finally:
             staging.fold_outcomes(utcnow())

@@ -6,7 +6,7 @@ import pytest
 
 from sync_pipeline.domain import EntityType, Window, utcnow
 from sync_pipeline.errors import GatewayError, SourceError
-from sync_pipeline.gateway import GatewayClient, Operation, idempotency_key
+from sync_pipeline.gateway import BatchWatcher, GatewayClient, Operation, idempotency_key
 from sync_pipeline.settings import SANDBOX_GATEWAY_TOKEN, SANDBOX_PRODUCT_TOKEN
 from sync_pipeline.sources import ProductServiceClient
 
@@ -54,7 +54,8 @@ def test_a_batch_is_followed_to_its_end_and_a_replayed_key_is_not_applied_twice(
     first = client.submit_upsert(EntityType.PRODUCT, records, key)
     second = client.submit_upsert(EntityType.PRODUCT, records, key)
     assert first == second
-    outcome = client.wait_for_batch(first)
+    with BatchWatcher(client) as watcher:
+        outcome = watcher.follow(first)
     assert (outcome.batch_status, outcome.success_count, outcome.fail_count) == ("COMPLETED", 2, 0)
     after = shared_sandbox.stats()["gateway"]
     assert after["itemsApplied"] - before["itemsApplied"] == 2

@@ -36,15 +36,15 @@ class GatewayResource(dg.ConfigurableResource):
     """The gateway catalogue (batch writes): one URL for all merchants, told apart by token."""
 
     url: str
-    in_flight: int = 0  # batches at the gateway at once; 0: SYNC_GATEWAY_IN_FLIGHT (default 16)
+    workers: int = 0  # batches at the gateway at once; 0: SYNC_GATEWAY_IN_FLIGHT (default 16)
 
     @property
-    def workers(self) -> int:
-        return self.in_flight or gateway_in_flight()
+    def in_flight(self) -> int:
+        return self.workers or gateway_in_flight()
 
     def client(self, connection: Connection) -> GatewayClient:
-        # a connection for each batch being submitted and one for each being polled
-        return GatewayClient(self.url, connection.gateway_token, pool_size=2 * self.workers)
+        # a connection for each batch being submitted and one for each being asked about
+        return GatewayClient(self.url, connection.gateway_token, pool_size=2 * self.in_flight)
 
 
 class StateStoreResource(dg.ConfigurableResource):

@@ -123,21 +123,6 @@ class GatewayClient:
         self._raise_for_status(response, url)
         return BatchOutcome.from_wire(orjson.loads(response.content)["data"])
 
-    def wait_for_batch(self, batch_id: str) -> BatchOutcome:
-        """Poll with backoff until the batch is COMPLETED or FAILED."""
-        deadline = time.monotonic() + self.batch_timeout
-        interval = self.poll_interval
-        while True:
-            outcome = self.get_batch(batch_id)
-            if outcome.batch_status in TERMINAL_STATUSES:
-                return outcome
-            if time.monotonic() > deadline:
-                raise GatewayError(
-                    f"batch {batch_id} still {outcome.batch_status} after {self.batch_timeout:.0f}s"
-                )
-            time.sleep(interval)
-            interval = min(interval * 2, self.poll_interval_max)
-
     def _submit(self, entity: EntityType, body: bytes, key: str) -> str:
         url = f"{self.base_url}/{entity.value}/batches"
         response = self._call(

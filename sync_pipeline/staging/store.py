@@ -199,7 +199,7 @@ class StagingStore:
         if events:
             self.db.execute(
                 f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
-                f" detail FROM events ORDER BY record_id, event_at) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
+                f" detail FROM events) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
             )
         self._saving = where
         return rows, events

@@ -9,6 +9,7 @@ COPY TO. On SQLite (one machine, the default) the rows go through the DBAPI in l
 from __future__ import annotations
 
 import csv
+from contextlib import closing
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,16 +59,15 @@ def export_records(
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql" and ids is None:
                 return _copy_out(conn, queries[0], out)
-            if ids is None:  # SQLite: the stored text as it is, written by the csv module in C
-                cursor = conn.connection.dbapi_connection.cursor()
-                cursor.execute(
-                    f"SELECT {', '.join(COLUMNS)} FROM records WHERE merchant_id = ? AND entity_type = ?",
-                    (merchant, entity.value),
-                )
-                while rows := cursor.fetchmany(SQLITE_BATCH):
-                    writer.writerows(rows)
-                    count += len(rows)
-                cursor.close()
+            if conn.dialect.name == "sqlite" and ids is None:  # the stored text, written by the csv module in C
+                with closing(conn.connection.dbapi_connection.cursor()) as cursor:
+                    cursor.execute(
+                        f"SELECT {', '.join(COLUMNS)} FROM records WHERE merchant_id = ? AND entity_type = ?",
+                        (merchant, entity.value),
+                    )
+                    while rows := cursor.fetchmany(SQLITE_BATCH):
+                        writer.writerows(rows)
+                        count += len(rows)
                 return count
             seen: set[str] = set()
             for query in queries:
@@ -125,21 +125,19 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
                 )
                 return cursor.rowcount
         sql = f"INSERT INTO {table} ({targets}) VALUES ({', '.join('?' for _ in [*fixed, *columns])}) {suffix}"
-        cursor = raw.cursor()
         count = 0
-        # DuckDB reads the file (every value as text, empty as null) and hands over the tuples
-        # with the fixed values in front; SQLite's column affinity makes numbers of the text.
-        with duckdb.connect() as reader:
-            rows = reader.execute(
+        # DuckDB streams the file (every value as text, empty as null) with the fixed values in
+        # front, in Arrow batches; SQLite's column affinity makes numbers of the text.
+        with closing(raw.cursor()) as cursor, duckdb.connect(config={"memory_limit": "128MB"}) as reader:
+            rows = reader.sql(
                 f"SELECT {', '.join('?' for _ in fixed)}, * FROM read_csv(?, header = true, all_varchar = true,"
                 f" auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
                 f" columns = {dict.fromkeys(columns, 'VARCHAR')!r})",
-                [*fixed.values(), str(path)],
+                params=[*fixed.values(), str(path)],
             )
-            while batch := rows.fetchmany(SQLITE_BATCH):
-                cursor.executemany(sql, batch)
-                count += len(batch)
-        cursor.close()
+            for batch in rows.to_arrow_reader(SQLITE_BATCH):
+                cursor.executemany(sql, zip(*(column.to_pylist() for column in batch.columns)))
+                count += batch.num_rows
         return count
 
 

@@ -95,12 +95,16 @@ class BatchRecord:
         return cls(**m)
 
 
+# Connections beyond the pool's 5, opened while needed: each batch a sync has at the gateway
+# (SYNC_GATEWAY_IN_FLIGHT) records itself from its own thread.
+POOL_OVERFLOW = 40
+
 def create_state_engine(url: str) -> Engine:
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):  # SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is what ships
             url = "postgresql+psycopg2://" + url[len(plain):]
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, max_overflow=POOL_OVERFLOW)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
@@ -114,7 +118,7 @@ def create_state_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, max_overflow=POOL_OVERFLOW)
 
 
 # An advisory lock id all processes agree on: schema upgrades on PostgreSQL run one at a time.
