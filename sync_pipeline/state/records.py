@@ -9,11 +9,11 @@ COPY TO. On SQLite (one machine, the default) the rows go through the DBAPI in l
 from __future__ import annotations
 
 import csv
+import itertools
 from contextlib import closing
 from collections.abc import Iterable
 from pathlib import Path
 
-import duckdb
 import sqlalchemy as sa
 
 from ..domain import EntityType
@@ -125,19 +125,15 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
                 )
                 return cursor.rowcount
         sql = f"INSERT INTO {table} ({targets}) VALUES ({', '.join('?' for _ in [*fixed, *columns])}) {suffix}"
+        prefix = tuple(fixed.values())
         count = 0
-        # DuckDB streams the file (every value as text, empty as null) with the fixed values in
-        # front, in Arrow batches; SQLite's column affinity makes numbers of the text.
-        with closing(raw.cursor()) as cursor, duckdb.connect(config={"memory_limit": "128MB"}) as reader:
-            rows = reader.sql(
-                f"SELECT {', '.join('?' for _ in fixed)}, * FROM read_csv(?, header = true, all_varchar = true,"
-                f" auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
-                f" columns = {dict.fromkeys(columns, 'VARCHAR')!r})",
-                params=[*fixed.values(), str(path)],
-            )
-            for batch in rows.to_arrow_reader(SQLITE_BATCH):
-                cursor.executemany(sql, zip(*(column.to_pylist() for column in batch.columns)))
-                count += batch.num_rows
+        with closing(raw.cursor()) as cursor, path.open(newline="") as source:
+            reader = csv.reader(source)
+            next(reader)
+            while batch := [prefix + tuple(None if value == "" else value for value in row)
+                            for row in itertools.islice(reader, SQLITE_BATCH)]:
+                cursor.executemany(sql, batch)
+                count += len(batch)
         return count
 
 

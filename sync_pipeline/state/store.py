@@ -112,9 +112,6 @@ def create_state_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            # 64 MiB of page cache (the default is 2 MiB): a sync writes back a catalogue's rows
-            # and their trail in one transaction, and its indexes' pages then stay in memory
-            cursor.execute("PRAGMA cache_size=-65536")
             cursor.close()
 
         return engine
