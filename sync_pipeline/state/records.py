@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import itertools
-from contextlib import closing
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 
 import sqlalchemy as sa

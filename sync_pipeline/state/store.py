@@ -99,6 +99,7 @@ class BatchRecord:
 # (SYNC_GATEWAY_IN_FLIGHT) records itself from its own thread.
 POOL_OVERFLOW = 40
 
+
 def create_state_engine(url: str) -> Engine:
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):  # SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is what ships
