@@ -203,16 +203,30 @@ def test_a_deletion_that_failed_is_still_owed_by_the_next_sync(syncs):
     assert pending(staging) == {"b": PENDING_DELETE}
 
 
-def test_changes_come_in_id_order_across_slices(syncs, monkeypatch):
+def test_changes_come_slice_by_slice_in_fetch_order_and_by_id_within_each(syncs, monkeypatch):
     import sync_pipeline.staging.store as store
 
     monkeypatch.setattr(store, "SLICE_ROWS", 7)
     staging = syncs.next()
     records = [product(f"p{i:03d}") for i in range(50)]
-    stage(staging, list(reversed(records)))
+    fetched = [records[(i * 17) % 50] for i in range(50)]  # the listing's order
+    stage(staging, fetched)
     chunks = list(staging.changed_since_publish(8))
     assert [len(c) for c in chunks] == [8, 8, 8, 8, 8, 8, 2]
-    assert [r.id for c in chunks for r in c] == [r["id"] for r in records]
+    order = [r.id for c in chunks for r in c]
+    assert sorted(order) == [r["id"] for r in records]  # each once
+    # the same order every time (a rerun after a crash makes the same batches)
+    assert [r.id for c in staging.changed_since_publish(8) for r in c] == order
+    # cut where everything before was fetched before everything after: pieces of the fetch
+    # order, slices or finer, each sorted by id
+    position = {r["id"]: i for i, r in enumerate(fetched)}
+    pieces, start = [], 0
+    for cut in range(1, len(order) + 1):
+        if cut == len(order) or max(position[i] for i in order[:cut]) < min(position[i] for i in order[cut:]):
+            pieces.append(order[start:cut])
+            start = cut
+    assert len(pieces) >= 7  # 50 changes in slices of about 7
+    assert all(piece == sorted(piece) for piece in pieces)
 
 
 def test_an_updated_at_without_an_offset_is_utc_in_duckdb_as_in_python(syncs):

@@ -394,28 +394,31 @@ class StagingStore:
         return self._scalar(f"SELECT count(*) {_CHANGED_FROM}")
 
     def changed_since_publish(self, chunk_size: int) -> Iterator[list[ChangedRecord]]:
-        """Records fetched this sync whose version the gateway is owed, in id order.
+        """Records fetched this sync whose version the gateway is owed, in a fixed order: slice
+        by slice in the order they were fetched, by id within each slice.
 
-        The order makes batches the same after a crash (same content, same idempotency key).
-        Sorting the whole catalogue's JSON at once would not fit DuckDB's memory limit, so the
-        changed ids are cut into slices by quantile (a narrow pass), and each slice is sorted and
-        streamed in turn: the same order, a fraction of the memory.
+        The order makes batches the same after a crash (same listing, same content, same
+        idempotency keys). Sorting the whole catalogue's JSON at once would not fit DuckDB's
+        memory cap, so the changed rows are cut into slices of about SLICE_ROWS by quantiles of
+        their fetch sequence (a narrow pass), and each slice is sorted and read in turn. `fetched`
+        is stored in fetch order, so DuckDB's zone maps let each slice read its own rows only:
+        the catalogue's JSON is read once, not once a slice.
         """
         changed = self.count_changed()
         slices = max(1, -(-changed // SLICE_ROWS))
-        bounds: list[str] = []
+        bounds: list[int] = []
         if slices > 1:
             cuts = [i / slices for i in range(1, slices)]
-            [(bounds,)] = self.db.execute(f"SELECT quantile_disc(f.id, {cuts}) {_CHANGED_FROM}").fetchall()
+            [(bounds,)] = self.db.execute(f"SELECT quantile_disc(f.seq, {cuts}) {_CHANGED_FROM}").fetchall()
             bounds = sorted(set(bounds))
         edges = [None, *bounds, None]
         chunk: list[ChangedRecord] = []
         for low, high in zip(edges, edges[1:]):
             where, params = "", []
             if low is not None:
-                where, params = where + " AND f.id >= ?", params + [low]
+                where, params = where + " AND f.seq >= ?", params + [low]
             if high is not None:
-                where, params = where + " AND f.id < ?", params + [high]
+                where, params = where + " AND f.seq < ?", params + [high]
             # The whole slice is read before the first chunk is yielded: the caller records
             # outcomes on this connection between chunks, which would end an open result.
             rows = self.db.execute(
