@@ -27,25 +27,24 @@ def _admin():
     return connection
 
 
-def create_database(prefix: str) -> tuple[str, str]:
-    """A new, empty database named after `prefix`: (name, SQLAlchemy URL)."""
-    name = f"{prefix}_{secrets.token_hex(4)}"
+def _admin_execute(sql: str) -> None:
     connection = _admin()
     try:
         with connection.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
+            cursor.execute(sql)
     finally:
         connection.close()
+
+
+def create_database(prefix: str) -> tuple[str, str]:
+    """A new, empty database named after `prefix`: (name, SQLAlchemy URL)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    _admin_execute(f'CREATE DATABASE "{name}"')
     return name, f"{PG_URL_BASE}/{name}"
 
 
 def drop_database(name: str) -> None:
-    connection = _admin()
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        connection.close()
+    _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager

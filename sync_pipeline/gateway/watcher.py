@@ -110,6 +110,7 @@ class BatchWatcher:
 
     # --- the poller -----------------------------------------------------------------
     def _run(self) -> None:
+        sweep: list[_Followed] = []
         try:
             while True:
                 with self._lock:
@@ -122,11 +123,13 @@ class BatchWatcher:
                     sweep = []
                     while self._due and self._due[0].due <= horizon:
                         sweep.append(heapq.heappop(self._due))
-                for followed in sweep:
-                    self._askers.submit(self._ask, followed)
+                while sweep:
+                    self._askers.submit(self._ask, sweep[-1])
+                    sweep.pop()
         except BaseException as error:  # never leave a publisher waiting on a dead poller
             with self._lock:
                 self._closed = True
+                self._due.extend(sweep)  # taken for asking, never asked
                 self._fail_queued(lambda followed: GatewayError(f"following batch {followed.batch_id} failed: {error!r}"))
             raise
 
