@@ -9,7 +9,6 @@ COPY TO. On SQLite (one machine, the default) the rows go through the DBAPI in l
 from __future__ import annotations
 
 import csv
-import itertools
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
@@ -124,17 +123,20 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
                     tuple(fixed.values()),
                 )
                 return cursor.rowcount
-        sql = f"INSERT INTO {table} ({targets}) VALUES ({', '.join('?' for _ in [*fixed, *columns])}) {suffix}"
-        prefix = tuple(fixed.values())
-        count = 0
+        # The CSV reader's rows go to executemany as they are, no Python per row: the fixed
+        # values are literals in the statement and SQLite turns an empty value into null.
+        literals = ", ".join(_sql_literal(value) for value in fixed.values())
+        values = ", ".join("NULLIF(?, '')" for _ in columns)
+        sql = f"INSERT INTO {table} ({targets}) VALUES ({literals}, {values}) {suffix}"
         with closing(raw.cursor()) as cursor, path.open(newline="") as source:
             reader = csv.reader(source)
             next(reader)
-            while batch := [prefix + tuple(None if value == "" else value for value in row)
-                            for row in itertools.islice(reader, SQLITE_BATCH)]:
-                cursor.executemany(sql, batch)
-                count += len(batch)
-        return count
+            cursor.executemany(sql, reader)
+            return cursor.rowcount
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def problem_records(
