@@ -197,9 +197,11 @@ class StagingStore:
             )
         events = self._scalar("SELECT count(*) FROM events")
         if events:
+            # by record too, each record's events in the order they happened (the state store
+            # numbers them in file order, and its trail index takes them in key order)
             self.db.execute(
                 f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
-                f" detail FROM events) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
+                f" detail FROM events ORDER BY record_id, rowid) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
             )
         self._saving = where
         return rows, events
@@ -399,30 +401,37 @@ class StagingStore:
 
         The order makes batches the same after a crash (same listing, same content, same
         idempotency keys). Sorting the whole catalogue's JSON at once would not fit DuckDB's
-        memory cap, so the changed rows are cut into slices of about SLICE_ROWS by quantiles of
-        their fetch sequence (a narrow pass), and each slice is sorted and read in turn. `fetched`
-        is stored in fetch order, so DuckDB's zone maps let each slice read its own rows only:
-        the catalogue's JSON is read once, not once a slice.
+        memory cap, so the changes are first listed narrow (fetch sequence, id, hashes; no JSON)
+        in one join, in fetch order; that list is cut into slices of about SLICE_ROWS by
+        quantiles of the sequence, and each slice takes its JSON from `fetched` by sequence and
+        is sorted and read in turn. Both tables are stored in fetch order, so DuckDB's zone maps
+        let each slice read its own rows only: the catalogue is joined once and its JSON read
+        once, not once a slice.
         """
-        changed = self.count_changed()
+        db = self.db
+        db.execute("DROP TABLE IF EXISTS to_publish")
+        db.execute(f"CREATE TEMP TABLE to_publish AS SELECT f.seq, f.content_hash, k.held_hash {_CHANGED_FROM} ORDER BY f.seq")
+        changed = self._scalar("SELECT count(*) FROM to_publish")
         slices = max(1, -(-changed // SLICE_ROWS))
         bounds: list[int] = []
         if slices > 1:
             cuts = [i / slices for i in range(1, slices)]
-            [(bounds,)] = self.db.execute(f"SELECT quantile_disc(f.seq, {cuts}) {_CHANGED_FROM}").fetchall()
+            [(bounds,)] = db.execute(f"SELECT quantile_disc(seq, {cuts}) FROM to_publish").fetchall()
             bounds = sorted(set(bounds))
         edges = [None, *bounds, None]
         chunk: list[ChangedRecord] = []
         for low, high in zip(edges, edges[1:]):
             where, params = "", []
             if low is not None:
-                where, params = where + " AND f.seq >= ?", params + [low]
+                where, params = where + " AND f.seq >= ? AND t.seq >= ?", params + [low, low]
             if high is not None:
-                where, params = where + " AND f.seq < ?", params + [high]
+                where, params = where + " AND f.seq < ? AND t.seq < ?", params + [high, high]
             # The whole slice is read before the first chunk is yielded: the caller records
             # outcomes on this connection between chunks, which would end an open result.
-            rows = self.db.execute(
-                f"SELECT f.id, f.raw, f.content_hash, k.held_hash {_CHANGED_FROM} {where} ORDER BY f.id", params
+            rows = db.execute(
+                f"SELECT f.id, f.raw, t.content_hash, t.held_hash FROM to_publish t JOIN fetched f ON f.seq = t.seq"
+                f" WHERE true {where} ORDER BY f.id",
+                params,
             ).fetchall()
             for row in rows:
                 chunk.append(ChangedRecord(*row))
