@@ -103,11 +103,11 @@ def test_exact_numbers_survive_parse_and_canonical_text():
     from sync_pipeline.jsontext import NumberOutOfRange, canonical_json, loads
 
     source = b'{"b": [18446744073709551616, 0.1000000000000000055511151231257827, 1.50, 1E5, -0.0], "a": "\xc3\xa9"}'
-    assert canonical_json(loads(source)) == '{"a":"\u00e9","b":[18446744073709551616,0.1000000000000000055511151231257827,1.50,1E5,-0.0]}'
+    assert canonical_json(loads(source)).decode() == '{"a":"\u00e9","b":[18446744073709551616,0.1000000000000000055511151231257827,1.50,1E5,-0.0]}'
     reordered = b'{"a": "\xc3\xa9", "b": [18446744073709551616, 0.1000000000000000055511151231257827, 1.50, 1E5, -0.0]}'
     assert canonical_json(loads(reordered)) == canonical_json(loads(source))
     plain = b'{"z": 1, "a": [true, null, "x"]}'
-    assert canonical_json(loads(plain)) == '{"a":[true,null,"x"],"z":1}'
+    assert canonical_json(loads(plain)) == b'{"a":[true,null,"x"],"z":1}'
     import pytest
 
     with pytest.raises(NumberOutOfRange, match="meta.x"):

@@ -56,7 +56,7 @@ class PageRows:
     seq: list[int] = field(default_factory=list)
     id: list[str | None] = field(default_factory=list)
     updated_at: list[str | None] = field(default_factory=list)  # as sent, when it parses
-    raw: list[str] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # canonical JSON, UTF-8
     reason: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -84,7 +84,7 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
         except NumberOutOfRange as error:  # this record cannot go out as it is; the page can
             raw, reason = canonical_json(record, strict=False), str(error)
         except RecursionError:
-            raw, reason = "", "nested too deeply to be read"
+            raw, reason = b"", "nested too deeply to be read"
         record_id = record.get("id") if is_object else None
         rows.seq.append(first_seq + offset)
         rows.id.append(record_id if isinstance(record_id, str) and record_id else None)

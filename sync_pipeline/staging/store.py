@@ -78,7 +78,7 @@ FETCHED_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("id", pa.string()),
         ("updated_at", pa.string()),  # as sent; DuckDB parses it in bulk (validity was checked in Python)
-        ("raw", pa.string()),
+        ("raw", pa.binary()),  # UTF-8, decoded by DuckDB
         ("reason", pa.string()),
     ]
 )
@@ -241,7 +241,7 @@ class StagingStore:
         try:
             self.db.execute(
                 "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason, md5(raw)"
-                " FROM incoming_chunk"
+                " FROM (SELECT * REPLACE (decode(raw) AS raw) FROM incoming_chunk)"
             )
         finally:
             self.db.unregister("incoming_chunk")
