@@ -130,7 +130,12 @@ RECORD_HEADER = (
 )
 
 
-def test_records_go_out_and_come_back_exactly_per_merchant(state_store, tmp_path):
+def test_records_go_out_to_the_scratch_narrow_and_come_back_merged_per_merchant(state_store, tmp_path):
+    import csv
+
+    from sync_pipeline.state.records import DIFF_COLUMNS
+    from sync_pipeline.state.schema import records
+
     incoming = tmp_path / "in.csv"
     incoming.write_text(
         RECORD_HEADER
@@ -141,21 +146,39 @@ def test_records_go_out_and_come_back_exactly_per_merchant(state_store, tmp_path
     assert state_store.import_records(P, incoming) == 2
     assert state_store.import_records(P, incoming, merchant="acme") == 2
     assert state_store.count_held(P) == 1 and state_store.count_held(C) == 0
+
+    def stored(merchant: str = "default") -> dict:
+        with state_store.engine.connect() as conn:
+            rows = conn.execute(sa.select(records).where(records.c.merchant_id == merchant, records.c.entity_type == "PRODUCT"))
+            return {row.record_id: row for row in rows}
+
+    assert stored("acme")["b"].refused_reason == 'refused, "quoted"\nreason'
+    # only what the diff reads goes out to the scratch
     out = tmp_path / "out.csv"
     assert state_store.export_records(P, out, merchant="acme") == 2
-    import csv
-
     rows = {row["record_id"]: row for row in csv.DictReader(out.open())}
-    assert rows["b"]["refused_reason"] == 'refused, "quoted"\nreason'
-    assert rows["a"]["held_batch_id"] == "b1" and rows["a"]["source_updated_at"].startswith("2025-03-01 10:00:00")
-    assert rows["b"]["pending"] == "1" and rows["a"]["rejected_reason"] == ""
+    assert list(rows["a"]) == DIFF_COLUMNS
+    assert rows["b"]["refused_hash"] == "h2" and rows["b"]["refused_times"] == "1" and rows["b"]["pending"] == "1"
+    assert rows["a"]["held_hash"] == "h1" and rows["a"]["rejected_reason"] == ""
     # by id, plus whatever is still owed
     assert state_store.export_records(P, out, ids=["a"], pending=True) == 2
     assert state_store.export_records(P, out, ids=["a"]) == 1
-    # an update replaces the row's state
-    incoming.write_text(RECORD_HEADER + "b,h2,,s1,,,,h2,b2,2026-03-02 00:00:00.000000,,,,0,,,,0\n")
+    # The scratch writes its rows back whole, null where it never loaded a column: a group this
+    # sync wrote (its stamp set) replaces the stored one, a cleared key clears its group, and
+    # anything else keeps what the state store holds.
+    incoming.write_text(RECORD_HEADER + "a,h1,,,,,,h1,,,,,,0,,,,0\n" + "b,h2,,,,,,h2,b2,2026-03-02 00:00:00.000000,,,,0,,,,0\n")
     state_store.import_records(P, incoming)
+    a, b = stored()["a"], stored()["b"]
+    assert (a.held_batch_id, a.source_sync_id, str(a.source_updated_at)[:19]) == ("b1", "s1", "2025-03-01 10:00:00")
+    assert (b.held_hash, b.held_batch_id, str(b.held_at)[:10]) == ("h2", "b2", "2026-03-02")
+    assert (b.refused_hash, b.refused_reason, b.refused_at, b.refused_times) == (None, None, None, 0)
+    assert (b.source_sync_id, str(b.source_updated_at)[:19]) == ("s1", "2025-03-01 11:00:00")
     assert state_store.count_held(P) == 2 and state_store.count_held(P, merchant="acme") == 1
+    # a file that does not name what the diff reads is refused, not half-applied
+    incoming.write_text("record_id,source_hash\na,h9\n")
+    with pytest.raises(ValueError, match="header"):
+        state_store.import_records(P, incoming)
+    assert stored()["a"].source_hash == "h1"
 
 
 def test_processes_starting_together_on_a_fresh_postgresql_database_upgrade_it_once(postgres_url):

@@ -17,6 +17,7 @@ Tables:
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,10 +172,14 @@ class StagingStore:
 
     # --- what the state store knows ------------------------------------------------------
     def load_known(self, csv_path: Path) -> None:
-        """Add the state store's rows (a CSV file with the KNOWN_COLUMNS and a header)."""
+        """Add the state store's rows: a CSV file whose header names some of the KNOWN_COLUMNS
+        (those the diff reads; the others stay null here, and the state store keeps them)."""
+        with csv_path.open(newline="") as source:
+            names = next(csv.reader(source))
+        columns = {name: KNOWN_COLUMNS[name] for name in names}
         self.db.execute(
-            "INSERT INTO known SELECT *, false FROM read_csv(?, header = true, auto_detect = false, delim = ',',"
-            f" quote = '\"', escape = '\"', new_line = '\\n', nullstr = '', columns = {KNOWN_COLUMNS!r})",
+            f"INSERT INTO known ({', '.join(columns)}) SELECT * FROM read_csv(?, header = true, auto_detect = false,"
+            f" delim = ',', quote = '\"', escape = '\"', new_line = '\\n', nullstr = '', columns = {columns!r})",
             [str(csv_path)],
         )
 

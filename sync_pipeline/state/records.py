@@ -21,6 +21,21 @@ from .schema import records
 # Every column after the key, in the order of the CSV files.
 COLUMNS: list[str] = [c.name for c in records.columns if c.name not in ("merchant_id", "entity_type")]
 STATE_COLUMNS = COLUMNS[1:]
+# What a sync's diff reads (staging/store.py): all a sync loads into its scratch. The rest (when
+# and by which sync or batch) is only ever written, so it stays in the state store.
+DIFF_COLUMNS = ["record_id", "source_hash", "rejected_reason", "held_hash", "refused_hash", "refused_times",
+                "gone_at", "pending"]
+# Each written-only column belongs to a group with a stamp (a time set whenever the group is
+# written) and a key among DIFF_COLUMNS (null when the group is cleared). A row written back
+# takes a group from the file where its stamp is set (this sync wrote it), clears it where its
+# key is null, and keeps what the state store holds otherwise (the scratch never had it).
+WRITTEN_ONLY: dict[str, tuple[str | None, list[str]]] = {  # stamp: (key, columns)
+    "source_seen_at": ("source_hash", ["source_updated_at", "source_sync_id", "source_seen_at"]),
+    "rejected_at": ("rejected_reason", ["rejected_at"]),
+    "held_at": ("held_hash", ["held_batch_id", "held_at"]),
+    "refused_at": ("refused_hash", ["refused_reason", "refused_at"]),
+    "deleted_at": (None, ["deleted_batch_id", "deleted_at"]),  # never cleared
+}
 ID_CHUNK = 500
 SQLITE_BATCH = 20_000
 
@@ -34,13 +49,13 @@ def export_records(
     ids: Iterable[str] | None = None,
     pending: bool = False,
 ) -> int:
-    """Write the records of (merchant, entity) to `path` as CSV with a header.
+    """Write the DIFF_COLUMNS of the records of (merchant, entity) to `path` as CSV with a header.
 
     All of them; or those with the given ids, plus (with `pending`) every record the gateway
     is still owed something for. Returns how many rows were written.
     """
     key = (records.c.merchant_id == merchant, records.c.entity_type == entity.value)
-    columns = [records.c[name] for name in COLUMNS]
+    columns = [records.c[name] for name in DIFF_COLUMNS]
     if ids is None:
         queries = [sa.select(*columns).where(*key)]
     else:
@@ -54,14 +69,14 @@ def export_records(
     count = 0
     with path.open("w", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        writer.writerow(DIFF_COLUMNS)
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql" and ids is None:
                 return _copy_out(conn, queries[0], out)
             if conn.dialect.name == "sqlite" and ids is None:  # the stored text, written by the csv module in C
                 with closing(conn.connection.dbapi_connection.cursor()) as cursor:
                     cursor.execute(
-                        f"SELECT {', '.join(COLUMNS)} FROM records WHERE merchant_id = ? AND entity_type = ?",
+                        f"SELECT {', '.join(DIFF_COLUMNS)} FROM records WHERE merchant_id = ? AND entity_type = ?",
                         (merchant, entity.value),
                     )
                     while rows := cursor.fetchmany(SQLITE_BATCH):
@@ -96,13 +111,22 @@ def _csv_values(row) -> list:
 
 
 def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: Path) -> int:
-    """Insert or replace the records in the CSV file `path` (the COLUMNS, with a header, times
-    in UTC as `YYYY-MM-DD HH:MM:SS[.ffffff]`, empty for null) in one transaction."""
-    upsert = (
-        "ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET "
-        + ", ".join(f"{name} = excluded.{name}" for name in STATE_COLUMNS)
+    """Insert or update the records in the CSV file `path` (a header naming the DIFF_COLUMNS and
+    any others of COLUMNS, times in UTC as `YYYY-MM-DD HH:MM:SS[.ffffff]`, empty for null) in one
+    transaction. The written-only columns of a row already stored are merged (see WRITTEN_ONLY)."""
+    with path.open(newline="") as source:
+        columns = next(csv.reader(source))
+    if columns[:1] != ["record_id"] or not set(DIFF_COLUMNS) <= set(columns) <= set(COLUMNS):
+        raise ValueError(f"{path}: the header must start with record_id and name all of {DIFF_COLUMNS}, not {columns}")
+    updates = {name: f"excluded.{name}" for name in columns[1:]}
+    for stamp, (group_key, group) in WRITTEN_ONLY.items():
+        for name in group:
+            cleared = f"WHEN excluded.{group_key} IS NULL THEN NULL " if group_key else ""
+            updates[name] = f"CASE WHEN excluded.{stamp} IS NOT NULL THEN excluded.{name} {cleared}ELSE records.{name} END"
+    upsert = "ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET " + ", ".join(
+        f"{name} = {value}" for name, value in updates.items()
     )
-    return _load_csv(engine, "records", {"merchant_id": merchant, "entity_type": entity.value}, COLUMNS, path, upsert)
+    return _load_csv(engine, "records", {"merchant_id": merchant, "entity_type": entity.value}, columns, path, upsert)
 
 
 def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: list[str], path: Path, suffix: str = "") -> int:
