@@ -32,7 +32,10 @@ def bench_json(command: list[str], env: dict | None = None) -> dict:
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     for line in done.stdout.splitlines():
         if line.startswith("BENCH "):
-            return json.loads(line[6:])
+            result = json.loads(line[6:])
+            if result.get("exit"):  # what the command said, for the error that follows
+                result["output"] = (done.stdout[-1500:] + done.stderr[-1500:]).strip()
+            return result
     raise RuntimeError(f"{command[:4]} failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-3000:]}")
 
 
@@ -53,7 +56,7 @@ class SyncEnv:
     def sync(self, *args: str) -> dict:
         result = bench_json([sys.executable, "-m", "bench.measure_sync", "sync", "PRODUCT", *args], self.env)
         if result["exit"] != 0:
-            raise RuntimeError(f"sync {args} exited {result['exit']}")
+            raise RuntimeError(f"sync {args} exited {result['exit']}: {result.get('output', '')}")
         result.update(self.last_sync())
         return result
 

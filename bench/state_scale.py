@@ -199,14 +199,16 @@ def fetch_limit(url: str) -> dict:
 
 
 def bulk_moves(state_url: str, directory: Path) -> dict:
-    """The state store's export of the merchant's rows (COPY out to CSV: the first step of a full
-    sync) and the import of the same rows (COPY into a temporary table, then an upsert: what a
-    sync that changed every record writes back), timed on their own."""
+    """The state store's export of the merchant's rows (COPY out to CSV of the columns a diff
+    reads: the first step of a full sync) and the import of the same rows in full (COPY into a
+    temporary table, then the merging upsert: what a sync that changed every record writes
+    back), timed on their own."""
     from sync_pipeline.domain import EntityType
     from sync_pipeline.state import StateStore
+    from sync_pipeline.state.records import COLUMNS
 
     store = StateStore(state_url)
-    path = directory / "export.csv"
+    path, whole = directory / "export.csv", directory / "rows.csv"
     try:
         clock = Stopwatch()
         exported = store.export_records(EntityType.PRODUCT, path)
@@ -215,12 +217,23 @@ def bulk_moves(state_url: str, directory: Path) -> dict:
         clock = Stopwatch()
         held = store.count_held(EntityType.PRODUCT)
         count_seconds = clock.seconds
+        connection = pg_connect(state_url)  # every column, each group's stamp set: a write-back's file
+        try:
+            with connection.cursor() as cursor, whole.open("w") as out:
+                cursor.execute("SET TIME ZONE 'UTC'")
+                cursor.copy_expert(
+                    f"COPY (SELECT {', '.join(COLUMNS)} FROM records WHERE merchant_id = 'default'"
+                    " AND entity_type = 'PRODUCT') TO STDOUT WITH (FORMAT csv, HEADER true)", out,
+                )
+        finally:
+            connection.close()
         clock = Stopwatch()
-        imported = store.import_records(EntityType.PRODUCT, path)
+        imported = store.import_records(EntityType.PRODUCT, whole)
         import_seconds = clock.seconds
     finally:
         store.dispose()
         path.unlink(missing_ok=True)
+        whole.unlink(missing_ok=True)
     return {
         "rows_exported": exported, "export_seconds": round(export_seconds, 2), "csv_mib": round(size / 1024**2, 1),
         "rows_imported": imported, "import_seconds": round(import_seconds, 2),

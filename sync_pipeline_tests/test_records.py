@@ -112,3 +112,15 @@ def test_exact_numbers_survive_parse_and_canonical_text():
 
     with pytest.raises(NumberOutOfRange, match="meta.x"):
         canonical_json(loads(b'{"meta": {"x": 1e400}}'))
+
+
+def test_text_that_is_not_unicode_rejects_only_its_record():
+    from sync_pipeline.jsontext import loads
+
+    page = loads(b'[{"id": "p\\ud800", "title": "x", "updatedAt": "2025-01-01T00:00:00Z", "listPrice": 1},'
+                 b' {"id": "ok", "title": "\\udfff", "updatedAt": "2025-01-01T00:00:00Z", "listPrice": 1},'
+                 b' {"id": "fine", "title": "t", "updatedAt": "2025-01-01T00:00:00Z", "listPrice": 1}]')
+    rows = to_rows(EntityType.PRODUCT, page, first_seq=0)
+    assert rows.id == [None, "ok", "fine"]
+    assert rows.reason[0] == rows.reason[1] and "surrogate" in rows.reason[0] and rows.reason[2] is None
+    assert b"\\ud800" in rows.raw[0] and b'"title":"\\udfff"' in rows.raw[1]

@@ -146,7 +146,7 @@ class GatewayClient:
                 response.content  # read it all here, where a cut-off is caught  # noqa: B018
                 return response
             except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as error:
-                problem = error
+                problem = str(error)  # the text, not the exception: that would keep this frame (and the body)
             except requests.RequestException as error:
                 raise GatewayError(f"{url}: gateway unreachable ({type(error).__name__}: {error})") from error
         raise GatewayError(f"{url}: the gateway's response was cut off {self.cut_off_retries + 1} times ({problem})")

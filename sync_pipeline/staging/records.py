@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,14 @@ def parsed_updated_at(value: Any) -> datetime | None:
         return None
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class PageRows:
     """Column lists ready for one bulk load into the staging table `fetched`."""
@@ -78,6 +87,8 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
         is_object = isinstance(record, dict)
         # parsed once, here: the time DuckDB stores is the one validation read, in UTC
         updated_at = parsed_updated_at(record.get("updatedAt")) if is_object else None
+        record_id = record.get("id") if is_object else None
+        record_id = record_id if isinstance(record_id, str) and record_id else None
         try:
             raw = canonical_json(record)
             reason = rejection_reason(entity, record, updated_at)
@@ -85,9 +96,12 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
             raw, reason = canonical_json(record, strict=False), str(error)
         except RecursionError:
             raw, reason = b"", "nested too deeply to be read"
-        record_id = record.get("id") if is_object else None
+        except UnicodeEncodeError:  # a lone surrogate (\ud800), which only the exact parser lets through
+            raw = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()  # escaped as it came
+            reason = "holds text that is not Unicode (an unpaired surrogate such as \\ud800)"
+            record_id = record_id if record_id and _is_unicode(record_id) else None
         rows.seq.append(first_seq + offset)
-        rows.id.append(record_id if isinstance(record_id, str) and record_id else None)
+        rows.id.append(record_id)
         rows.updated_at.append(_for_duckdb(record["updatedAt"], updated_at) if updated_at else None)
         rows.raw.append(raw)
         rows.reason.append(reason)
