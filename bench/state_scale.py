@@ -460,9 +460,12 @@ def markdown(result: dict) -> str:
         f"({first_growth / max(synced, 1):.0f} bytes a record, against "
         f"{result['sizes_after_fill']['tables']['records']['total_bytes'] / max(fill['rows'], 1):.0f} for the filled ones), "
         f"and left {after_first['dead_rows']:,} dead rows ({after_first['updates']:,} updates, {after_first['hot_updates']:,} "
-        "of them HOT): it writes each new record twice, once after staging and again after publishing, when the gateway's "
-        "answer is folded in, so the table carries a dead copy of every record until autovacuum reclaims it. The import "
-        "apart rewrites every row of the merchant once more (an upsert), hence the last row.",
+        "of them HOT): "
+        + ("each new record was written once, after the gateway's answer was folded in (the saves while publishing "
+           "write only the records the gateway has answered for). " if not after_first["updates"] else
+           "records written before the gateway answered were written again after, and the table carries a dead copy "
+           "of each until autovacuum reclaims it. ")
+        + "The import apart rewrites every row of the merchant once more (an upsert), hence the last row.",
     ]
     if result.get("profile"):
         prof = result["profile"]
