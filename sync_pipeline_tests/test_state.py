@@ -181,6 +181,19 @@ def test_records_go_out_to_the_scratch_narrow_and_come_back_merged_per_merchant(
     assert stored()["a"].source_hash == "h1"
 
 
+def test_a_record_is_not_pruned_while_a_sync_of_its_type_is_queued_or_running(state_store):
+    from sync_pipeline.state.schema import records
+
+    with state_store.engine.begin() as conn:
+        conn.execute(records.insert().values(merchant_id="default", entity_type="PRODUCT", record_id="gone",
+                                             held_hash=None, gone_at=T0, refused_times=0, pending=0))
+    sync = state_store.enqueue_sync(P, SyncMode.FULL, origin="cli")
+    now = T0 + timedelta(days=200)
+    assert state_store.prune_history(90, now=now)["records"] == 0  # the sync may have read it
+    state_store.finish_sync(sync.sync_id, SyncStatus.FAILED, error_message="stopped")
+    assert state_store.prune_history(90, now=now)["records"] == 1
+
+
 def test_processes_starting_together_on_a_fresh_postgresql_database_upgrade_it_once(postgres_url):
     import subprocess
     import sys

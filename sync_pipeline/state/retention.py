@@ -52,9 +52,14 @@ def prune_history(engine: sa.Engine, cutoff: datetime) -> dict[str, int]:
         counts["syncs"] = conn.execute(
             sa.delete(syncs).where(syncs.c.sync_id.in_(old), syncs.c.sync_id.not_in(still_referenced))
         ).rowcount
+        # not under a sync queued or running: it may have read the row and will write it back
+        busy = sa.exists().where(
+            syncs.c.merchant_id == records.c.merchant_id, syncs.c.entity_type == records.c.entity_type,
+            syncs.c.status_code.in_(ACTIVE_CODES),
+        )
         counts["records"] = conn.execute(
             sa.delete(records).where(
-                records.c.held_hash.is_(None), records.c.pending == 0, records.c.gone_at < cutoff,
+                records.c.held_hash.is_(None), records.c.pending == 0, records.c.gone_at < cutoff, ~busy,
             )
         ).rowcount
     return counts
