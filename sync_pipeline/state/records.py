@@ -3,7 +3,8 @@
 A sync reads the rows of its (merchant, type) at the start and writes back the rows it changed;
 nothing else about records is kept between runs. CSV is the interchange because both ends move
 it in bulk without Python touching each value: PostgreSQL with COPY, DuckDB with read_csv and
-COPY TO. On SQLite (one machine, the default) the rows go through the DBAPI in large batches.
+COPY TO. On SQLite (one machine, the default) the rows go through the DBAPI: read in large
+batches, written by one executemany over the CSV reader.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from .schema import records
 
 # Every column after the key, in the order of the CSV files.
 COLUMNS: list[str] = [c.name for c in records.columns if c.name not in ("merchant_id", "entity_type")]
-STATE_COLUMNS = COLUMNS[1:]
 # What a sync's diff reads (staging/store.py): all a sync loads into its scratch. The rest (when
 # and by which sync or batch) is only ever written, so it stays in the state store.
 DIFF_COLUMNS = ["record_id", "source_hash", "rejected_reason", "held_hash", "refused_hash", "refused_times",
@@ -132,7 +132,7 @@ def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: P
 def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: list[str], path: Path, suffix: str = "") -> int:
     """Insert the rows of a CSV file (`columns`, with a header) into `table`, each with the
     `fixed` values too, in one transaction: PostgreSQL through COPY into a temporary table,
-    SQLite through the DBAPI in large batches. `suffix`: an ON CONFLICT clause."""
+    SQLite by one executemany over the CSV reader. `suffix`: an ON CONFLICT clause."""
     names = ", ".join(columns)
     targets = ", ".join([*fixed, *columns])
     with engine.begin() as conn:
