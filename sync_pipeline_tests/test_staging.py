@@ -243,3 +243,28 @@ def test_the_scratch_and_the_state_store_agree_on_the_record_columns():
     from sync_pipeline.state.records import COLUMNS
 
     assert list(KNOWN_COLUMNS) == COLUMNS  # the CSV files between them are matched by position
+
+
+def test_a_large_write_back_fits_the_memory_cap(tmp_path):
+    """Sorting the write-back (its rows and trail events, in key order) on two threads asked
+    DuckDB for a 64 MiB block per thread: a 1M first sync failed at the 128 MB cap. Scaled
+    down: 300k rows and 600k events at a 64 MB cap, which failed the same way before."""
+    connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
+    staging = StagingStore(connection)
+    record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+    connection.execute(
+        f"INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, held_hash, held_batch_id,"
+        f" held_at, dirty) SELECT {record_id}, md5(i::varchar), now(), 'sync-1', md5(i::varchar),"
+        f" md5((i // 1000)::varchar), now(), true FROM range(300000) t(i)"
+    )
+    for event in ("seen", "published"):
+        connection.execute(
+            f"INSERT INTO events SELECT {record_id}, now(), '{event}', md5(i::varchar), NULL, NULL FROM range(300000) t(i)"
+        )
+    assert staging.unsaved_to_csv(tmp_path / "rows.csv", tmp_path / "events.csv") == (300_000, 600_000)
+    assert staging.db.execute("SELECT current_setting('threads')").fetchall() == [(2,)]
+    with (tmp_path / "events.csv").open() as events:
+        next(events)
+        first, second = next(events), next(events)
+    assert first.startswith("gid://shopify/Product/00000000,") and ",seen," in first and ",published," in second
+    connection.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -190,26 +191,40 @@ class StagingStore:
         them once the state store has them. Returns (rows, events)."""
         where = "dirty" + (" AND record_id IN (SELECT id FROM settled)" if settled_only else "")
         rows = self._scalar(f"SELECT count(*) FROM known WHERE {where}")
-        if rows:
-            columns = ", ".join(
-                f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
-                for name, kind in KNOWN_COLUMNS.items()
-            )
-            # in key order: the state store's indexes take sorted rows far faster than shuffled
-            self.db.execute(
-                f"COPY (SELECT {columns} FROM known WHERE {where} ORDER BY record_id)"
-                f" TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
-            )
-        events = self._scalar("SELECT count(*) FROM events")
-        if events:
-            # by record too, each record's events in the order they happened (the state store
-            # numbers them in file order, and its trail index takes them in key order)
-            self.db.execute(
-                f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
-                f" detail FROM events ORDER BY record_id, rowid) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
-            )
+        with self._one_thread():
+            if rows:
+                columns = ", ".join(
+                    f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
+                    for name, kind in KNOWN_COLUMNS.items()
+                )
+                # in key order: the state store's indexes take sorted rows far faster than shuffled
+                self.db.execute(
+                    f"COPY (SELECT {columns} FROM known WHERE {where} ORDER BY record_id)"
+                    f" TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
+                )
+            events = self._scalar("SELECT count(*) FROM events")
+            if events:
+                # by record too, each record's events in the order they happened (the state store
+                # numbers them in file order, and its trail index takes them in key order)
+                self.db.execute(
+                    f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
+                    f" detail FROM events ORDER BY record_id, rowid) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
+                )
         self._saving = where
         return rows, events
+
+    @contextmanager
+    def _one_thread(self) -> Iterator[None]:
+        """Run what is inside on one DuckDB thread. A sort of wide rows (the write-back, in key
+        order) fails within the memory cap on two threads (`Out of Memory Error: failed to
+        allocate data of size 30.2 MiB (119.7 MiB/122.0 MiB used)` at 1M rows, DuckDB 2.0),
+        where one thread has the whole cap to itself and spills."""
+        threads = self._scalar("SELECT current_setting('threads')")
+        self.db.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            self.db.execute(f"SET threads = {int(threads)}")
 
     def mark_saved(self) -> None:
         """The state store has what `unsaved_to_csv` wrote: forget it (nothing changed meanwhile:
