@@ -1,11 +1,15 @@
 """JSON that keeps every number exactly as the source wrote it, and the canonical text of a record.
 
-Pages are parsed with orjson, which is fast but turns integers beyond 64 bits and long decimals
-into doubles (18446744073709551616 becomes 1.8446744073709552e+19). A page holding any number
-orjson reads as a double is parsed again with the standard library, integers as Python ints
-(any size) and other numbers as `ExactNumber`, which remembers its text; the canonical text of
-a record then writes each of them back as it came. A number no double can hold (1e400) makes
-its record invalid (`NumberOutOfRange`), not the page.
+Bodies are parsed with msgspec in one pass: integers of any size as Python ints, and other
+numbers as `ExactNumber`, which remembers its text (msgspec hands a number with a fraction or
+an exponent to `float_hook` as it was written); the canonical text of a record then writes each
+of them back as it came. A number no double can hold (1e400) makes its record invalid
+(`NumberOutOfRange`), not the page. What msgspec refuses (not JSON, or text that is not
+Unicode such as a lone `\\ud800` escape) is parsed again by the standard library, which keeps
+lone surrogates, so such a record is rejected alone, and raises for what is not JSON at all.
+
+`loads_page` reads a list page without parsing its records: each stays the bytes the source
+sent (`msgspec.Raw`), so a sync can tell an unchanged record by those bytes alone.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import math
 from typing import Any
 
+import msgspec
 import orjson
 
 
@@ -32,48 +37,41 @@ class NumberOutOfRange(ValueError):
     """A number no double can hold; its record cannot be published as it is."""
 
 
+class RawPage(msgspec.Struct):
+    """A list page (CONTRACT §2) whose records are still the bytes the source sent."""
+
+    data: list[msgspec.Raw]
+    meta: dict[str, Any]
+
+
+_exact = msgspec.json.Decoder(float_hook=ExactNumber)
+_raw_page = msgspec.json.Decoder(RawPage)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def loads(content: bytes) -> Any:
+def loads(content: bytes | msgspec.Raw) -> Any:
     """Parse a JSON body, keeping every number exact (see the module docstring)."""
     try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return loads_exact(content)  # a number beyond a double (1e400), or not JSON at all
-    return loads_exact(content) if has_double(value) else value
+        return _exact.decode(content)
+    except msgspec.DecodeError:
+        return loads_exact(bytes(content))  # a lone surrogate, or not JSON at all
 
 
 def loads_exact(content: bytes) -> Any:
-    """Parse with every number exact; raises ValueError for what is not JSON."""
+    """Parse with the standard library, every number exact; raises ValueError for what is not JSON."""
     return json.loads(content, parse_float=ExactNumber, parse_constant=_reject_constant)
 
 
-def has_double(value: Any) -> bool:
-    """Whether orjson gave a double anywhere in `value` (a number with a fraction or exponent,
-    or an integer beyond 64 bits). On every page: written for speed (about 2.6 µs a product),
-    with a stack rather than recursion, since orjson reads nesting 1,024 deep."""
-    stack = [value]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item = pop()
-        kind = type(item)
-        if kind is dict:
-            items = item.values()
-        elif kind is list:
-            items = item
-        else:
-            if kind is float:
-                return True
-            continue
-        for child in items:
-            child_kind = type(child)
-            if child_kind is float:
-                return True
-            if child_kind is dict or child_kind is list:
-                push(child)
-    return False
+def loads_page(content: bytes) -> RawPage | None:
+    """The page with its records unparsed, or None when it is not a plain list page (not JSON,
+    a record msgspec cannot read, no data list or meta object): `loads` then says what it is."""
+    try:
+        return _raw_page.decode(content)
+    except msgspec.DecodeError:
+        return None
 
 
 def canonical_json(record: Any, *, strict: bool = True) -> bytes:
