@@ -22,12 +22,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from . import jsontext
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
 from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
-from .staging import ChangedRecord, Outcome, PageRows, StageCounts, StagingStore, to_rows
+from .staging import ChangedRecord, ListedIndex, Outcome, PageRows, StageCounts, StagingStore, listed_digest, to_rows
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
 from .state import StateStore
 
@@ -38,6 +39,9 @@ Progress = Callable[[ProgressEvent], None]
 CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
 LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
 SPLIT_STATUSES = frozenset({400, 413})  # the gateway refuses the request: halve the batch
+# Types whose unchanged records a full sync takes from their listed bytes, unparsed. Not
+# collections: their product references are read from every listed collection's JSON.
+UNPARSED_WHEN_UNCHANGED = frozenset({EntityType.PRODUCT})
 
 
 def crash_point(name: str) -> None:
@@ -206,9 +210,11 @@ def fetch_and_stage(
     """
     started = time.monotonic()
     staging, entity = scratch.staging, scratch.entity
+    index = None
     if full:
         scratch.load_known()
-    seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress)
+        index = staging.listed_index() if entity in UNPARSED_WHEN_UNCHANGED else None
+    seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, index)
     if full:
         # what the gateway holds or is owed that the listing no longer shows: gone, or moved out
         # of the window while it was paged (updated since); the guard counts them first
@@ -237,29 +243,62 @@ def fetch_and_stage(
 
 def _stage_pages(
     source: ProductServiceClient, scratch: SyncScratch, window: Window, chunk_rows: int, started: float,
-    progress: Progress | None,
+    progress: Progress | None, index: ListedIndex | None = None,
 ) -> tuple[int, int]:
     """Page the window into `fetched`, `chunk_rows` records per bulk load. Returns (records, pages).
 
+    Each record comes as the bytes the source listed. With an `index` (a full sync, see
+    `StagingStore.listed_index`), a record listed exactly as the gateway holds it is not parsed:
+    its hash goes to `listed`, and its `fetched` row is made from the state store's. Every
+    other record is parsed, validated and staged with the hash of its bytes.
+
     The cyclic garbage collector is paused meanwhile (see `paused_gc`); parsed records hold no
     cycles, so reference counting frees each page as soon as it is staged."""
-    rows = PageRows()
+    staging, entity = scratch.staging, scratch.entity
+    rows, same_seqs, same_hashes = PageRows(), [], []
     seen = pages = 0
     with paused_gc():
-        for page in prefetch(source.fetch_pages(scratch.entity, window)):
-            to_rows(scratch.entity, page.records, seen, rows)
+        for page in prefetch(source.fetch_pages(entity, window, listed=True)):
+            if page.listed:
+                _sort_listed(entity, page.records, seen, index, rows, same_seqs, same_hashes)
+            else:
+                to_rows(entity, page.records, seen, rows)
             seen += len(page.records)
             pages += 1
-            if len(rows) >= chunk_rows:
-                scratch.staging.load_rows(rows)
-                rows = PageRows()
-                collect_young()
+            if len(rows) + len(same_seqs) >= chunk_rows:
+                staging.load_rows(rows)
+                staging.load_listed(same_seqs, same_hashes)
+                rows, same_seqs, same_hashes = PageRows(), [], []
+                if pages % 20 == 0:
+                    collect_young()
             if pages == 2:
                 crash_point("fetching")
             if progress:
                 progress(ProgressEvent("fetching", pages=pages, records=seen, seconds=time.monotonic() - started))
-    scratch.staging.load_rows(rows)
+    staging.load_rows(rows)
+    staging.load_listed(same_seqs, same_hashes)
+    staging.stage_listed()
     return seen, pages
+
+
+def _sort_listed(
+    entity: EntityType, raws: list, first_seq: int, index: ListedIndex | None, rows: PageRows,
+    same_seqs: list[int], same_hashes: list[str],
+) -> None:
+    """Hash each listed record's bytes; note those `index` holds (listed as the gateway holds
+    them) by sequence and hash, and parse, validate and append the rest to `rows`."""
+    digests = [listed_digest(raw) for raw in raws]
+    same = index.contains(b"".join(digests)).tolist() if index is not None else [False] * len(raws)
+    seqs, records, hashes = [], [], []
+    for offset, (raw, digest, unchanged) in enumerate(zip(raws, digests, same)):
+        if unchanged:
+            same_seqs.append(first_seq + offset)
+            same_hashes.append(digest.hex())
+        else:
+            seqs.append(first_seq + offset)
+            records.append(jsontext.loads(raw))
+            hashes.append(digest.hex())
+    to_rows(entity, records, first_seq, rows, seqs=seqs, listed=hashes)
 
 
 def _fetch_by_id(source: ProductServiceClient, entity: EntityType, ids: list[str]) -> list[dict | None]:

@@ -268,3 +268,42 @@ def test_a_large_write_back_fits_the_memory_cap(tmp_path):
         first, second = next(events), next(events)
     assert first.startswith("gid://shopify/Product/00000000,") and ",seen," in first and ",published," in second
     connection.close()
+
+
+def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsing_it(syncs):
+    import orjson
+
+    from sync_pipeline.staging import listed_digest
+
+    def stage_listed(staging, raws: list[bytes], index=None):
+        """What the page loop does: records the index holds are noted by hash, the rest parsed."""
+        digests = [listed_digest(raw) for raw in raws]
+        same = index.contains(b"".join(digests)).tolist() if index else [False] * len(raws)
+        staging.load_listed([i for i, s in enumerate(same) if s], [d.hex() for d, s in zip(digests, same) if s])
+        parsed = [i for i, s in enumerate(same) if not s]
+        staging.load_rows(to_rows(EntityType.PRODUCT, [orjson.loads(raws[i]) for i in parsed], 0,
+                                  seqs=parsed, listed=[digests[i].hex() for i in parsed]))
+        return same, staging.stage_listed(), staging.stage_fetched("s", now=NOW)
+
+    first = [orjson.dumps(product(name)) for name in ("a", "b", "c", "d")]
+    staging = syncs.next()
+    assert staging.listed_index() is None  # nothing held yet: everything is parsed
+    stage_listed(staging, first)
+    assert publish_all(staging) == ["a", "b", "c", "d"]
+    staging.fold_outcomes(NOW)
+    staging.record_outcomes(Outcome.REFUSED, ["d"], [None], "b2", ["no"])  # d is owed: it is always parsed
+    staging.db.execute("UPDATE known SET pending = 1, held_hash = NULL WHERE record_id = 'd'")
+
+    staging = syncs.next()
+    index = staging.listed_index()
+    assert len(index) == 3
+    reordered = orjson.dumps(dict(reversed(list(product("c").items()))))  # same content, other bytes
+    second = [first[0], orjson.dumps(product("b", title="new")), reordered, first[3]]
+    same, unparsed, counts = stage_listed(staging, second, index)
+    assert same == [True, False, False, False] and unparsed == 1
+    assert (counts.unique, counts.valid) == (4, 4)
+    assert [record.id for chunk in staging.changed_since_publish(10) for record in chunk] == ["b", "d"]
+    listed = dict(staging.db.execute("SELECT record_id, listed_hash FROM known").fetchall())
+    assert listed["c"] == listed_digest(reordered).hex()  # remembered: the next sync need not parse it
+    assert listed["a"] == listed_digest(first[0]).hex()
+    assert staging.db.execute("SELECT raw FROM fetched WHERE id = 'a'").fetchall() == [(None,)]

@@ -124,7 +124,7 @@ def test_the_schema_is_created_once_and_reopened(state_store):
 
 
 RECORD_HEADER = (
-    "record_id,source_hash,source_updated_at,source_sync_id,source_seen_at,rejected_reason,rejected_at,"
+    "record_id,source_hash,listed_hash,source_updated_at,source_sync_id,source_seen_at,rejected_reason,rejected_at,"
     "held_hash,held_batch_id,held_at,refused_hash,refused_reason,refused_at,refused_times,gone_at,"
     "deleted_batch_id,deleted_at,pending\n"
 )
@@ -139,8 +139,8 @@ def test_records_go_out_to_the_scratch_narrow_and_come_back_merged_per_merchant(
     incoming = tmp_path / "in.csv"
     incoming.write_text(
         RECORD_HEADER
-        + 'a,h1,2025-03-01 10:00:00.000000,s1,2026-03-01 00:00:00.123456,,,h1,b1,2026-03-01 00:00:01.000000,,,,0,,,,0\n'
-        + 'b,h2,2025-03-01 11:00:00.000000,s1,2026-03-01 00:00:00.000000,,,,,,h2,"refused, ""quoted""\nreason",'
+        + 'a,h1,l1,2025-03-01 10:00:00.000000,s1,2026-03-01 00:00:00.123456,,,h1,b1,2026-03-01 00:00:01.000000,,,,0,,,,0\n'
+        + 'b,h2,,2025-03-01 11:00:00.000000,s1,2026-03-01 00:00:00.000000,,,,,,h2,"refused, ""quoted""\nreason",'
         + '2026-03-01 00:00:02.000000,1,,,,1\n'
     )
     assert state_store.import_records(P, incoming) == 2
@@ -159,14 +159,17 @@ def test_records_go_out_to_the_scratch_narrow_and_come_back_merged_per_merchant(
     rows = {row["record_id"]: row for row in csv.DictReader(out.open())}
     assert list(rows["a"]) == DIFF_COLUMNS
     assert rows["b"]["refused_hash"] == "h2" and rows["b"]["refused_times"] == "1" and rows["b"]["pending"] == "1"
-    assert rows["a"]["held_hash"] == "h1" and rows["a"]["rejected_reason"] == ""
+    assert rows["a"]["held_hash"] == "h1" and rows["a"]["rejected_reason"] == "" and rows["a"]["listed_hash"] == "l1"
     # by id, plus whatever is still owed
     assert state_store.export_records(P, out, ids=["a"], pending=True) == 2
     assert state_store.export_records(P, out, ids=["a"]) == 1
     # The scratch writes its rows back whole, null where it never loaded a column: a group this
     # sync wrote (its stamp set) replaces the stored one, a cleared key clears its group, and
     # anything else keeps what the state store holds.
-    incoming.write_text(RECORD_HEADER + "a,h1,,,,,,h1,,,,,,0,,,,0\n" + "b,h2,,,,,,h2,b2,2026-03-02 00:00:00.000000,,,,0,,,,0\n")
+    incoming.write_text(
+        RECORD_HEADER + "a,h1,l1,2025-03-01 10:00:00.000000,,,,,h1,,,,,,0,,,,0\n"
+        + "b,h2,,2025-03-01 11:00:00.000000,,,,,h2,b2,2026-03-02 00:00:00.000000,,,,0,,,,0\n"
+    )
     state_store.import_records(P, incoming)
     a, b = stored()["a"], stored()["b"]
     assert (a.held_batch_id, a.source_sync_id, str(a.source_updated_at)[:19]) == ("b1", "s1", "2025-03-01 10:00:00")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,13 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True)
 class Page:
-    records: list[dict[str, Any]]
+    """`records`: parsed; or, from `fetch_pages(listed=True)` where the page reads as a plain
+    list page, each record's bytes as the source sent them (`listed`)."""
+
+    records: list[Any]
     next_cursor: str | None
     url: str
+    listed: bool = False
 
 
 class ProductServiceClient:
@@ -49,8 +53,9 @@ class ProductServiceClient:
     def close(self) -> None:
         self.session.close()
 
-    def fetch_pages(self, entity: EntityType, window: Window) -> Iterator[Page]:
-        """Yield the pages of records updated in `window`, in (updatedAt, id) order."""
+    def fetch_pages(self, entity: EntityType, window: Window, *, listed: bool = False) -> Iterator[Page]:
+        """Yield the pages of records updated in `window`, in (updatedAt, id) order; with `listed`,
+        each record as its bytes where the page allows (see `Page`)."""
         url = f"{self.base_url}/{entity.path}"
         params: dict[str, Any] = {"limit": self.page_size, "updatedBefore": format_time(window.end)}
         if window.start is not None:
@@ -59,13 +64,17 @@ class ProductServiceClient:
         while True:
             if cursor is not None:
                 params["cursor"] = cursor
-            body = self._get_json(url, params, cursor)
-            data = body.get("data") if isinstance(body, dict) else None
-            meta = body.get("meta") if isinstance(body, dict) else None
-            if not isinstance(data, list) or not isinstance(meta, dict):
-                raise SourceError(f"{url} (cursor {cursor}): a list page without data and meta")
+            body = self._get_json(url, params, cursor, parse=_listed_or_parsed if listed else jsontext.loads)
+            if isinstance(body, jsontext.RawPage):
+                data, meta, as_listed = body.data, body.meta, True
+            else:
+                data = body.get("data") if isinstance(body, dict) else None
+                meta = body.get("meta") if isinstance(body, dict) else None
+                if not isinstance(data, list) or not isinstance(meta, dict):
+                    raise SourceError(f"{url} (cursor {cursor}): a list page without data and meta")
+                as_listed = False
             next_cursor = meta.get("nextCursor")
-            yield Page(records=data, next_cursor=next_cursor, url=url)
+            yield Page(records=data, next_cursor=next_cursor, url=url, listed=as_listed)
             if not next_cursor:
                 return
             cursor = next_cursor
@@ -75,7 +84,10 @@ class ProductServiceClient:
         url = f"{self.base_url}/{entity.path}/{requests.utils.quote(record_id, safe='')}"
         return self._get_json(url, None, None, missing_ok=True)
 
-    def _get_json(self, url: str, params: dict[str, Any] | None, cursor: str | None, missing_ok: bool = False) -> Any:
+    def _get_json(
+        self, url: str, params: dict[str, Any] | None, cursor: str | None, missing_ok: bool = False,
+        parse: Callable[[bytes], Any] = jsontext.loads,
+    ) -> Any:
         # urllib3 retries 429/5xx and refused connections; a 200 whose body is cut off (the
         # connection dropped mid-response) or is not JSON is retried here. A body that stays
         # bad fails the sync, naming the URL and cursor: nothing is built from it.
@@ -95,7 +107,7 @@ class ProductServiceClient:
                 return None
             self._raise_for_status(response, url)
             try:
-                return jsontext.loads(response.content)
+                return parse(response.content)
             except ValueError as error:
                 problem = f"the body is not valid JSON ({error})"
                 log.warning("%s: %s, attempt %d", where, problem, attempt + 1)
@@ -107,6 +119,13 @@ class ProductServiceClient:
             return
         detail = describe_error_body(response)
         raise SourceError(f"{url}: HTTP {response.status_code} from the product service: {detail}")
+
+
+def _listed_or_parsed(content: bytes) -> Any:
+    """The page with its records as bytes, or, where it does not read as a plain list page,
+    parsed whole (and checked as any body is)."""
+    page = jsontext.loads_page(content)
+    return page if page is not None else jsontext.loads(content)
 
 
 def _is_entity_not_found(response: requests.Response) -> bool:

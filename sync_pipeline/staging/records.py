@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,17 @@ def rejection_reason(entity: EntityType, record: Any, updated_at: datetime | Non
         if price < 0:
             return f"listPrice is negative: {price}"
     return None
+
+
+# Part of every listed hash: change it whenever validation or the canonical text changes, so
+# that the next full sync parses every record again instead of trusting what it decided before.
+LISTED_RULES = b"sync_pipeline listed records, rules 1\n"
+
+
+def listed_digest(raw: bytes) -> bytes:
+    """The md5 of a record's bytes as the source listed them (with LISTED_RULES): the same bytes
+    are the same record, so they validate and hash the same as when they were last parsed."""
+    return hashlib.md5(LISTED_RULES + raw).digest()
 
 
 def _for_duckdb(text: str, parsed: datetime) -> str:
@@ -67,6 +79,7 @@ class PageRows:
     updated_at: list[str | None] = field(default_factory=list)  # as sent, when it parses
     raw: list[bytes] = field(default_factory=list)  # canonical JSON, UTF-8
     reason: list[str | None] = field(default_factory=list)
+    listed: list[str | None] = field(default_factory=list)  # hash of the bytes listed, when known (`listed_hash`)
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -76,8 +89,12 @@ class PageRows:
         return sum(reason is not None for reason in self.reason)
 
 
-def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRows | None = None) -> PageRows:
-    """Append one page of records to `rows` as columns.
+def to_rows(
+    entity: EntityType, records: list[Any], first_seq: int, rows: PageRows | None = None, *,
+    seqs: list[int] | None = None, listed: list[str] | None = None,
+) -> PageRows:
+    """Append one page of records to `rows` as columns: numbered from `first_seq`, or by `seqs`;
+    `listed`, each record's `listed_hash(bytes)`, when parsed from its own bytes.
 
     The raw JSON is re-encoded with sorted keys so that the content hash does not change when
     only the key order does; every field, known or not, is kept.
@@ -100,9 +117,10 @@ def to_rows(entity: EntityType, records: list[Any], first_seq: int, rows: PageRo
             raw = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()  # escaped as it came
             reason = "holds text that is not Unicode (an unpaired surrogate such as \\ud800)"
             record_id = record_id if record_id and _is_unicode(record_id) else None
-        rows.seq.append(first_seq + offset)
+        rows.seq.append(first_seq + offset if seqs is None else seqs[offset])
         rows.id.append(record_id)
         rows.updated_at.append(_for_duckdb(record["updatedAt"], updated_at) if updated_at else None)
         rows.raw.append(raw)
         rows.reason.append(reason)
+    rows.listed.extend(listed if listed is not None else [None] * len(records))
     return rows

@@ -4,7 +4,11 @@ and written back to the state store as CSV (see state/records.py).
 
 Tables:
   fetched   what this sync listed (and fetched by id), as loaded: one row per record seen,
-            duplicates too; a temporary table, so transient rows cost no write-ahead log
+            duplicates too; a temporary table, so transient rows cost no write-ahead log. A
+            record a full sync took as unchanged from its listed bytes (see `listed`) has no
+            JSON here: its id, time and hash are the state store's
+  listed    (fetch sequence, hash of the listed bytes) of the records a full sync found listed
+            exactly as the gateway holds them: `stage_listed` turns them into `fetched` rows
   known     the state store's rows for this (merchant, type) that this sync touches: the last
             valid version seen at the source, what the gateway holds, refusals, deletions, and
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
@@ -25,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from .records import PageRows
@@ -37,6 +42,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # UTC, as the state store's CSV files carr
 KNOWN_COLUMNS: dict[str, str] = {
     "record_id": "VARCHAR",
     "source_hash": "VARCHAR",
+    "listed_hash": "VARCHAR",
     "source_updated_at": "TIMESTAMPTZ",
     "source_sync_id": "VARCHAR",
     "source_seen_at": "TIMESTAMPTZ",
@@ -58,8 +64,10 @@ KNOWN_COLUMNS: dict[str, str] = {
 SCHEMA = f"""
 SET TimeZone = 'UTC';
 CREATE TEMP TABLE IF NOT EXISTS fetched (
-    seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR, content_hash VARCHAR
+    seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR, content_hash VARCHAR,
+    listed_hash VARCHAR
 );
+CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
     {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false
 );
@@ -82,10 +90,38 @@ FETCHED_SCHEMA = pa.schema(
         ("updated_at", pa.string()),  # as sent; DuckDB parses it in bulk (validity was checked in Python)
         ("raw", pa.binary()),  # UTF-8, decoded by DuckDB
         ("reason", pa.string()),
+        ("listed_hash", pa.string()),
     ]
+)
+LISTED = pa.schema([("seq", pa.int64()), ("listed_hash", pa.string())])
+# A known record a full sync may take as unchanged from its listed bytes alone: valid when last
+# seen, held by the gateway at that version, nothing owed, not gone. Any other is parsed.
+UNCHANGED_IF_LISTED_SAME = (
+    "k.listed_hash IS NOT NULL AND k.rejected_reason IS NULL AND k.gone_at IS NULL AND k.pending = 0"
+    " AND k.held_hash = k.source_hash"
 )
 OUTCOMES_FLUSH_ROWS = 20_000
 SLICE_ROWS = 20_000  # changed records sorted (and held in memory) at a time before publishing
+
+
+class ListedIndex:
+    """Hashes of listed bytes (md5, as two 64-bit halves, sorted), looked up a page at a time."""
+
+    def __init__(self, high: np.ndarray, low: np.ndarray):
+        order = np.lexsort((low, high))
+        self.high, self.low = high[order], low[order]
+
+    def __len__(self) -> int:
+        return len(self.high)
+
+    def contains(self, digests: bytes) -> np.ndarray:
+        """For each 16-byte md5 digest in `digests` (concatenated), whether it is in the index.
+        Two hashes sharing a first half (about one in 10^13 at a million) may read as absent:
+        that record is then parsed, which is never wrong."""
+        pairs = np.frombuffer(digests, dtype=">u8").reshape(-1, 2)
+        high, low = pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
+        at = np.minimum(np.searchsorted(self.high, high), len(self.high) - 1)
+        return (self.high[at] == high) & (self.low[at] == low)
 
 
 class Outcome:
@@ -254,17 +290,55 @@ class StagingStore:
         if not len(rows):
             return
         chunk = pa.Table.from_pydict(
-            {"seq": rows.seq, "id": rows.id, "updated_at": rows.updated_at, "raw": rows.raw, "reason": rows.reason},
+            {"seq": rows.seq, "id": rows.id, "updated_at": rows.updated_at, "raw": rows.raw, "reason": rows.reason,
+             "listed_hash": rows.listed},
             schema=FETCHED_SCHEMA,
         )
         self.db.register("incoming_chunk", chunk)
         try:
             self.db.execute(
-                "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason, md5(raw)"
-                " FROM (SELECT * REPLACE (decode(raw) AS raw) FROM incoming_chunk)"
+                "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason, md5(raw),"
+                " listed_hash FROM (SELECT * REPLACE (decode(raw) AS raw) FROM incoming_chunk)"
             )
         finally:
             self.db.unregister("incoming_chunk")
+
+    # --- records listed as the gateway holds them ------------------------------------------
+    def listed_index(self) -> ListedIndex | None:
+        """The listed-bytes hashes of the known records a full sync may take as unchanged when
+        listed the same again (UNCHANGED_IF_LISTED_SAME), or None when there are none."""
+        found = self.db.execute(
+            "SELECT ('0x' || substr(listed_hash, 1, 16))::UBIGINT AS high, ('0x' || substr(listed_hash, 17, 16))::UBIGINT"
+            f" AS low FROM known k WHERE {UNCHANGED_IF_LISTED_SAME} AND length(listed_hash) = 32"
+        ).fetchnumpy()
+        return ListedIndex(found["high"], found["low"]) if len(found["high"]) else None
+
+    def load_listed(self, seqs: list[int], hashes: list[str]) -> None:
+        """Note records listed as the gateway holds them (see `listed_index`), by fetch sequence."""
+        if seqs:
+            self.db.register("listed_chunk", pa.Table.from_pydict({"seq": seqs, "listed_hash": hashes}, schema=LISTED))
+            try:
+                self.db.execute("INSERT INTO listed SELECT * FROM listed_chunk")
+            finally:
+                self.db.unregister("listed_chunk")
+
+    def stage_listed(self) -> int:
+        """Add a `fetched` row for each record noted by `load_listed`, from what the state store
+        knows of it: its id, time and content hash; no JSON (it is not sent). Returns how many."""
+        expected = self._scalar("SELECT count(*) FROM listed")
+        if not expected:
+            return 0
+        [(added,)] = self.db.execute(
+            f"""
+            INSERT INTO fetched (seq, id, updated_at, content_hash, listed_hash)
+            SELECT l.seq, k.record_id, k.source_updated_at, k.source_hash, k.listed_hash
+            FROM listed l JOIN known k ON k.listed_hash = l.listed_hash WHERE {UNCHANGED_IF_LISTED_SAME}
+            """
+        ).fetchall()
+        if added != expected:  # the index was read from these rows: nothing can tell them apart
+            raise RuntimeError(f"{expected} records were listed as the gateway holds them, but {added} were found")
+        self.db.execute("DELETE FROM listed")
+        return added
 
     # --- stage -------------------------------------------------------------------------
     def stage_fetched(self, sync_id: str, *, now: datetime) -> StageCounts:
@@ -297,7 +371,7 @@ class StagingStore:
         db.execute(
             """
             CREATE TEMP TABLE changes AS
-            SELECT f.id, f.content_hash, f.updated_at, f.reason, k.record_id IS NULL AS is_new
+            SELECT f.id, f.content_hash, f.updated_at, f.reason, f.listed_hash, k.record_id IS NULL AS is_new
             FROM fetched f LEFT JOIN known k ON k.record_id = f.id
             WHERE f.id IS NOT NULL AND (
                 k.record_id IS NULL OR k.gone_at IS NOT NULL
@@ -317,9 +391,10 @@ class StagingStore:
         )
         db.execute(
             """
-            INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, source_seen_at,
+            INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, source_seen_at,
                                rejected_reason, rejected_at, refused_times, pending, dirty)
-            SELECT id, CASE WHEN reason IS NULL THEN content_hash END, CASE WHEN reason IS NULL THEN updated_at END,
+            SELECT id, CASE WHEN reason IS NULL THEN content_hash END, CASE WHEN reason IS NULL THEN listed_hash END,
+                   CASE WHEN reason IS NULL THEN updated_at END,
                    CASE WHEN reason IS NULL THEN ? END, CASE WHEN reason IS NULL THEN ? END,
                    reason, CASE WHEN reason IS NOT NULL THEN ? END, 0, 0, true
             FROM changes WHERE is_new
@@ -328,7 +403,7 @@ class StagingStore:
         )
         db.execute(
             """
-            UPDATE known SET source_hash = c.content_hash, source_updated_at = c.updated_at,
+            UPDATE known SET source_hash = c.content_hash, listed_hash = c.listed_hash, source_updated_at = c.updated_at,
                 source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
                 gone_at = NULL, dirty = true
             FROM changes c
@@ -343,6 +418,16 @@ class StagingStore:
             WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NOT NULL
             """,
             [now],
+        )
+        # the same version listed as other bytes (keys reordered; or first seen by a release
+        # that did not keep them): remember these bytes, so the next full sync need not parse it
+        db.execute(
+            """
+            UPDATE known SET listed_hash = f.listed_hash, dirty = true
+            FROM fetched f
+            WHERE f.id = known.record_id AND f.raw IS NOT NULL AND f.reason IS NULL AND f.listed_hash IS NOT NULL
+              AND known.source_hash = f.content_hash AND known.listed_hash IS DISTINCT FROM f.listed_hash
+            """
         )
         self._settle_pending()
         [(unique, valid)] = db.execute(

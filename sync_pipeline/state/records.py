@@ -23,14 +23,14 @@ from .schema import records
 COLUMNS: list[str] = [c.name for c in records.columns if c.name not in ("merchant_id", "entity_type")]
 # What a sync's diff reads (staging/store.py): all a sync loads into its scratch. The rest (when
 # and by which sync or batch) is only ever written, so it stays in the state store.
-DIFF_COLUMNS = ["record_id", "source_hash", "rejected_reason", "held_hash", "refused_hash", "refused_times",
-                "gone_at", "pending"]
+DIFF_COLUMNS = ["record_id", "source_hash", "listed_hash", "source_updated_at", "rejected_reason", "held_hash",
+                "refused_hash", "refused_times", "gone_at", "pending"]
 # Each written-only column belongs to a group with a stamp (a time set whenever the group is
 # written) and a key among DIFF_COLUMNS (null when the group is cleared). A row written back
 # takes a group from the file where its stamp is set (this sync wrote it), clears it where its
 # key is null, and keeps what the state store holds otherwise (the scratch never had it).
 WRITTEN_ONLY: dict[str, tuple[str | None, list[str]]] = {  # stamp: (key, columns)
-    "source_seen_at": ("source_hash", ["source_updated_at", "source_sync_id", "source_seen_at"]),
+    "source_seen_at": ("source_hash", ["source_sync_id", "source_seen_at"]),
     "rejected_at": ("rejected_reason", ["rejected_at"]),
     "held_at": ("held_hash", ["held_batch_id", "held_at"]),
     "refused_at": ("refused_hash", ["refused_reason", "refused_at"]),

@@ -101,6 +101,9 @@ records = sa.Table(
     sa.Column("record_id", sa.Text, primary_key=True),
     # the source: the last valid version seen (hash of its JSON, its updatedAt, the sync that fetched it)
     sa.Column("source_hash", sa.String(32)),
+    # the bytes the source listed that version as (md5, with the rules version): a later full
+    # sync that lists the same bytes knows the record unchanged without parsing it
+    sa.Column("listed_hash", sa.String(32)),
     sa.Column("source_updated_at", sa.DateTime(timezone=True)),
     sa.Column("source_sync_id", sa.String(64)),
     sa.Column("source_seen_at", sa.DateTime(timezone=True)),
@@ -223,5 +226,6 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE syncs ADD COLUMN invalid_held INTEGER NOT NULL DEFAULT 0",
         ],
     ),
+    (4, ["ALTER TABLE records ADD COLUMN listed_hash VARCHAR(32)"]),
 ]
 CURRENT_VERSION = 1 + len(MIGRATIONS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import threading
 import uuid
@@ -165,7 +166,8 @@ class StateStore:
         for version, statements in schema.MIGRATIONS:
             if version > current:
                 for statement in statements:
-                    conn.execute(sa.text(statement))
+                    if not _adds_a_column_it_has(conn, statement):  # a table create_all just made
+                        conn.execute(sa.text(statement))
                 conn.execute(schema.schema_version.insert().values(version=version, applied_at=utcnow()))
 
     def ping(self) -> bool:
@@ -541,3 +543,10 @@ def open_state_store(url: str) -> StateStore:
 
 def _of(merchant: str, entity: EntityType) -> tuple:
     return (syncs.c.merchant_id == merchant, syncs.c.entity_type == entity.value)
+
+
+def _adds_a_column_it_has(conn: sa.Connection, statement: str) -> bool:
+    """Whether `statement` adds a column that its table already has: create_all makes a table
+    missing from an older store in its current form, so a later migration's column is there."""
+    added = re.fullmatch(r"ALTER TABLE (\w+) ADD COLUMN (\w+) .*", statement)
+    return bool(added) and added[2] in {column["name"] for column in sa.inspect(conn).get_columns(added[1])}
