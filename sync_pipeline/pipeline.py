@@ -69,8 +69,14 @@ class SyncScratch:
 
     def load_known(self, **which) -> int:
         """Read this (merchant, type)'s rows (all, or `ids=` and `pending=`) into the scratch."""
+        return self.load_exported(*self.export_known(**which))
+
+    def export_known(self, **which) -> tuple[Path, int]:
+        """Write this (merchant, type)'s rows to a CSV file of the scratch (from any thread)."""
         path = self._csv("known")
-        count = self.state.export_records(self.entity, path, merchant=self.merchant, **which)
+        return path, self.state.export_records(self.entity, path, merchant=self.merchant, **which)
+
+    def load_exported(self, path: Path, count: int) -> int:
         self.staging.load_known(path)
         path.unlink()
         return count
@@ -210,11 +216,20 @@ def fetch_and_stage(
     """
     started = time.monotonic()
     staging, entity = scratch.staging, scratch.entity
-    index = None
     if full:
-        scratch.load_known()
-        index = staging.listed_index() if entity in UNPARSED_WHEN_UNCHANGED else None
-    seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, index)
+        # The hashes of what may be taken unparsed first; the rest of the state store's rows
+        # are read meanwhile, on a thread of their own, while the pages come.
+        index = (
+            ListedIndex.of(scratch.state.listed_hashes(entity, merchant=scratch.merchant))
+            if entity in UNPARSED_WHEN_UNCHANGED else None
+        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="known") as reader:
+            exported = reader.submit(scratch.export_known)
+            seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, index)
+            scratch.load_exported(*exported.result())
+    else:
+        seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress)
+    staging.stage_listed()
     if full:
         # what the gateway holds or is owed that the listing no longer shows: gone, or moved out
         # of the window while it was paged (updated since); the guard counts them first
@@ -248,9 +263,9 @@ def _stage_pages(
     """Page the window into `fetched`, `chunk_rows` records per bulk load. Returns (records, pages).
 
     Each record comes as the bytes the source listed. With an `index` (a full sync, see
-    `StagingStore.listed_index`), a record listed exactly as the gateway holds it is not parsed:
-    its hash goes to `listed`, and its `fetched` row is made from the state store's. Every
-    other record is parsed, validated and staged with the hash of its bytes.
+    `ListedIndex`), a record listed exactly as the gateway holds it is not parsed: its hash goes
+    to `listed`, and `StagingStore.stage_listed` makes its `fetched` row from the state store's.
+    Every other record is parsed, validated and staged with the hash of its bytes.
 
     The cyclic garbage collector is paused meanwhile (see `paused_gc`); parsed records hold no
     cycles, so reference counting frees each page as soon as it is staged."""
@@ -277,7 +292,6 @@ def _stage_pages(
                 progress(ProgressEvent("fetching", pages=pages, records=seen, seconds=time.monotonic() - started))
     staging.load_rows(rows)
     staging.load_listed(same_seqs, same_hashes)
-    staging.stage_listed()
     return seen, pages
 
 

@@ -36,6 +36,12 @@ WRITTEN_ONLY: dict[str, tuple[str | None, list[str]]] = {  # stamp: (key, column
     "refused_at": ("refused_hash", ["refused_reason", "refused_at"]),
     "deleted_at": (None, ["deleted_batch_id", "deleted_at"]),  # never cleared
 }
+# A record a full sync may take as unchanged from its listed bytes alone: valid when last seen,
+# held by the gateway at that version, nothing owed, not gone (see pipeline._stage_pages).
+UNCHANGED_IF_LISTED_SAME = (
+    "listed_hash IS NOT NULL AND rejected_reason IS NULL AND gone_at IS NULL AND pending = 0"
+    " AND held_hash = source_hash"
+)
 ID_CHUNK = 500
 SQLITE_BATCH = 20_000
 
@@ -93,6 +99,19 @@ def export_records(
                     writer.writerow(_csv_values(row))
                     count += 1
     return count
+
+
+def listed_hashes(engine: sa.Engine, merchant: str, entity: EntityType) -> list[str]:
+    """The listed hashes of the records of (merchant, entity) that UNCHANGED_IF_LISTED_SAME holds for."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(records.c.listed_hash).where(
+                    records.c.merchant_id == merchant, records.c.entity_type == entity.value,
+                    sa.text(UNCHANGED_IF_LISTED_SAME),
+                )
+            ).scalars()
+        )
 
 
 def _copy_out(conn: sa.Connection, query: sa.Select, out) -> int:
