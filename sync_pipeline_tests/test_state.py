@@ -184,6 +184,29 @@ def test_records_go_out_to_the_scratch_narrow_and_come_back_merged_per_merchant(
     assert stored()["a"].source_hash == "h1"
 
 
+def test_only_records_held_at_the_version_last_listed_and_owed_nothing_may_be_taken_unparsed(state_store):
+    from sync_pipeline.state.schema import records
+
+    def row(record_id: str, merchant: str = "default", **changes) -> dict:
+        held = dict(merchant_id=merchant, entity_type="PRODUCT", record_id=record_id, source_hash="h",
+                    listed_hash=f"l-{record_id}", held_hash="h", refused_times=0, pending=0)
+        return {**held, **changes}
+
+    with state_store.engine.begin() as conn:
+        for values in (
+            row("held"), row("other-merchant", merchant="acme"),
+            row("never-listed", listed_hash=None),  # last seen by a release that kept no listed hash
+            row("older-held", held_hash="h0", pending=1),  # the gateway is owed the new version
+            row("invalid-now", rejected_reason="title is missing"),
+            row("gone", gone_at=T0),
+            row("refused", held_hash=None, refused_hash="h", refused_times=1, pending=1),
+        ):
+            conn.execute(records.insert().values(**values))
+    assert state_store.listed_hashes(P) == ["l-held"]
+    assert state_store.listed_hashes(P, merchant="acme") == ["l-other-merchant"]
+    assert state_store.listed_hashes(C) == []
+
+
 def test_a_record_is_not_pruned_while_a_sync_of_its_type_is_queued_or_running(state_store):
     from sync_pipeline.state.schema import records
 
@@ -291,3 +314,21 @@ def test_history_is_pruned_but_never_what_the_next_sync_or_the_api_needs(state_s
         assert sorted(conn.execute(sa.select(records.c.record_id)).scalars()) == ["held", "owed"]
         assert conn.execute(sa.select(sa.func.count()).select_from(batches)).scalar() == 0
     assert state_store.prune_history(90, now=now) == {k: 0 for k in pruned}
+
+
+def test_a_store_of_the_last_release_gets_the_listed_hash_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v3.db"
+    StateStore(f"sqlite:///{path}").dispose()
+    with sqlite3.connect(path) as db:  # as the last release left it: schema version 3, no listed_hash
+        db.execute("ALTER TABLE records DROP COLUMN listed_hash")
+        db.execute("UPDATE schema_version SET version = 3")
+        db.execute("INSERT INTO records (merchant_id, entity_type, record_id, source_hash, held_hash, refused_times,"
+                   " pending) VALUES ('default', 'PRODUCT', 'a', 'h', 'h', 0, 0)")
+    store = StateStore(f"sqlite:///{path}")
+    assert store.listed_hashes(P) == []  # kept, but parsed once more before it can be taken unparsed
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
+        assert db.execute("SELECT record_id, listed_hash FROM records").fetchall() == [("a", None)]
+    store.dispose()
