@@ -121,6 +121,7 @@ class StageResult:
     to_delete: int
     seconds: float
     fetched_by_id: int = 0
+    unparsed: int = 0  # listed byte for byte as the gateway holds them: taken without parsing
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def fetch_and_stage(
         # The hashes of what may be taken unparsed first; the rest of the state store's rows
         # are read meanwhile, on a thread of their own, while the pages come.
         index = (
-            ListedIndex.of(scratch.state.listed_hashes(entity, merchant=scratch.merchant))
+            ListedIndex.of(scratch.state.listed_digests(entity, merchant=scratch.merchant))
             if entity in UNPARSED_WHEN_UNCHANGED else None
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="known") as reader:
@@ -229,7 +230,7 @@ def fetch_and_stage(
             scratch.load_exported(*exported.result())
     else:
         seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress)
-    staging.stage_listed()
+    unparsed = staging.stage_listed()
     if full:
         # what the gateway holds or is owed that the listing no longer shows: gone, or moved out
         # of the window while it was paged (updated since); the guard counts them first
@@ -252,7 +253,7 @@ def fetch_and_stage(
     # Nothing is written back yet: publishing does, once per record, as the gateway answers.
     return StageResult(
         counts=counts, pages=pages, to_delete=len(staging.pending_deletions()),
-        seconds=time.monotonic() - started, fetched_by_id=len(present),
+        seconds=time.monotonic() - started, fetched_by_id=len(present), unparsed=unparsed,
     )
 
 

@@ -185,11 +185,16 @@ def test_records_go_out_to_the_scratch_narrow_and_come_back_merged_per_merchant(
 
 
 def test_only_records_held_at_the_version_last_listed_and_owed_nothing_may_be_taken_unparsed(state_store):
+    from hashlib import md5
+
     from sync_pipeline.state.schema import records
+
+    def listed(record_id: str) -> bytes:
+        return md5(record_id.encode()).digest()
 
     def row(record_id: str, merchant: str = "default", **changes) -> dict:
         held = dict(merchant_id=merchant, entity_type="PRODUCT", record_id=record_id, source_hash="h",
-                    listed_hash=f"l-{record_id}", held_hash="h", refused_times=0, pending=0)
+                    listed_hash=listed(record_id).hex(), held_hash="h", refused_times=0, pending=0)
         return {**held, **changes}
 
     with state_store.engine.begin() as conn:
@@ -202,9 +207,9 @@ def test_only_records_held_at_the_version_last_listed_and_owed_nothing_may_be_ta
             row("refused", held_hash=None, refused_hash="h", refused_times=1, pending=1),
         ):
             conn.execute(records.insert().values(**values))
-    assert state_store.listed_hashes(P) == ["l-held"]
-    assert state_store.listed_hashes(P, merchant="acme") == ["l-other-merchant"]
-    assert state_store.listed_hashes(C) == []
+    assert state_store.listed_digests(P) == listed("held")
+    assert state_store.listed_digests(P, merchant="acme") == listed("other-merchant")
+    assert state_store.listed_digests(C) == b""
 
 
 def test_a_record_is_not_pruned_while_a_sync_of_its_type_is_queued_or_running(state_store):
@@ -327,7 +332,7 @@ def test_a_store_of_the_last_release_gets_the_listed_hash_column(tmp_path):
         db.execute("INSERT INTO records (merchant_id, entity_type, record_id, source_hash, held_hash, refused_times,"
                    " pending) VALUES ('default', 'PRODUCT', 'a', 'h', 'h', 0, 0)")
     store = StateStore(f"sqlite:///{path}")
-    assert store.listed_hashes(P) == []  # kept, but parsed once more before it can be taken unparsed
+    assert store.listed_digests(P) == b""  # kept, but parsed once more before it can be taken unparsed
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
         assert db.execute("SELECT record_id, listed_hash FROM records").fetchall() == [("a", None)]

@@ -236,7 +236,8 @@ def _stage(
     scratch.state.update_counts(sync.sync_id, fetched=counts.fetched, rejected=counts.rejected)
     context.log.info(
         f"staged {counts.valid} valid and {counts.rejected} rejected of {counts.fetched} fetched"
-        f" in {result.pages} pages ({result.fetched_by_id} more fetched by id), {result.seconds:.1f}s;"
+        f" in {result.pages} pages ({result.fetched_by_id} more fetched by id; {result.unparsed} listed as the"
+        f" gateway holds them, not parsed), {result.seconds:.1f}s;"
         f" {result.to_delete} to delete"
     )
     return result
@@ -254,6 +255,7 @@ def _staged_result(key: dg.AssetKey, sync: SyncRecord, result: StageResult) -> d
             "records_valid": counts.valid,
             "records_rejected": counts.rejected,
             "records_fetched_by_id": result.fetched_by_id,
+            "records_unparsed": result.unparsed,
             "records_to_delete": result.to_delete,
             "pages": result.pages,
             "duration_seconds": round(result.seconds, 3),

@@ -116,12 +116,11 @@ class ListedIndex:
         self.widest = int(np.diff(self.starts).max())
 
     @classmethod
-    def of(cls, hashes: list[str]) -> ListedIndex | None:
-        """The index of these md5 hashes (hex), or None when there are none."""
-        hashes = [h for h in hashes if h and len(h) == 32]
-        if not hashes:
+    def of(cls, digests: bytes) -> ListedIndex | None:
+        """The index of these md5 digests (16 bytes each, one after the other), or None when none."""
+        if not digests:
             return None
-        halves = np.frombuffer(bytes.fromhex("".join(hashes)), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        halves = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         return cls(halves[:, 0].copy(), halves[:, 1].copy())
 
     def __len__(self) -> int:
@@ -321,14 +320,8 @@ class StagingStore:
             self.db.unregister("incoming_chunk")
 
     # --- records listed as the gateway holds them ------------------------------------------
-    def listed_index(self) -> ListedIndex | None:
-        """The listed hashes of the known records a full sync may take as unchanged when listed
-        the same again (UNCHANGED_IF_LISTED_SAME), or None when there are none."""
-        hashes = self.db.execute(f"SELECT listed_hash FROM known WHERE {UNCHANGED_IF_LISTED_SAME}").fetchall()
-        return ListedIndex.of([h for (h,) in hashes])
-
     def load_listed(self, seqs: list[int], hashes: list[str]) -> None:
-        """Note records listed as the gateway holds them (see `listed_index`), by fetch sequence."""
+        """Note records listed as the gateway holds them (see `ListedIndex`), by fetch sequence."""
         if seqs:
             self.db.register("listed_chunk", pa.Table.from_pydict({"seq": seqs, "listed_hash": hashes}, schema=LISTED))
             try:

@@ -395,8 +395,8 @@ class StateStore:
     def export_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT, **which: Any) -> int:
         return records.export_records(self.engine, merchant, entity, path, **which)
 
-    def listed_hashes(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> list[str]:
-        return records.listed_hashes(self.engine, merchant, entity)
+    def listed_digests(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> bytes:
+        return records.listed_digests(self.engine, merchant, entity)
 
     def import_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT) -> int:
         return records.import_records(self.engine, merchant, entity, path)
