@@ -375,15 +375,23 @@ class StagingStore:
         # invalid or valid again, records that came back. An unchanged catalogue yields nothing,
         # and nothing below touches more rows than changed (each step fits DuckDB's memory cap).
         db.execute("DROP TABLE IF EXISTS changes")
+        # A row only `listed_only` is the same version listed as other bytes (keys reordered, or
+        # first seen by a release that kept no listed hash): only its listed hash is remembered,
+        # so that the next full sync need not parse it.
+        changed = """(
+            k.record_id IS NULL OR k.gone_at IS NOT NULL
+            OR (f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash OR k.rejected_reason IS NOT NULL))
+            OR (f.reason IS NOT NULL AND k.rejected_reason IS DISTINCT FROM f.reason)
+        )"""
         db.execute(
-            """
+            f"""
             CREATE TEMP TABLE changes AS
-            SELECT f.id, f.content_hash, f.updated_at, f.reason, f.listed_hash, k.record_id IS NULL AS is_new
+            SELECT f.id, f.content_hash, f.updated_at, f.reason, f.listed_hash, k.record_id IS NULL AS is_new,
+                   NOT {changed} AS listed_only
             FROM fetched f LEFT JOIN known k ON k.record_id = f.id
             WHERE f.id IS NOT NULL AND (
-                k.record_id IS NULL OR k.gone_at IS NOT NULL
-                OR (f.reason IS NULL AND (k.source_hash IS DISTINCT FROM f.content_hash OR k.rejected_reason IS NOT NULL))
-                OR (f.reason IS NOT NULL AND k.rejected_reason IS DISTINCT FROM f.reason)
+                {changed}
+                OR (f.reason IS NULL AND f.listed_hash IS NOT NULL AND k.listed_hash IS DISTINCT FROM f.listed_hash)
             )
             """
         )
@@ -392,7 +400,7 @@ class StagingStore:
             f"""
             INSERT INTO events SELECT id, ?, CASE WHEN reason IS NULL THEN '{Event.SEEN}' ELSE '{Event.REJECTED}' END,
                 content_hash, NULL, reason
-            FROM changes
+            FROM changes WHERE NOT listed_only
             """,
             [now],
         )
@@ -414,7 +422,7 @@ class StagingStore:
                 source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
                 gone_at = NULL, dirty = true
             FROM changes c
-            WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NULL
+            WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NULL AND NOT c.listed_only
             """,
             [sync_id, now],
         )
@@ -426,15 +434,9 @@ class StagingStore:
             """,
             [now],
         )
-        # the same version listed as other bytes (keys reordered; or first seen by a release
-        # that did not keep them): remember these bytes, so the next full sync need not parse it
         db.execute(
-            """
-            UPDATE known SET listed_hash = f.listed_hash, dirty = true
-            FROM fetched f
-            WHERE f.id = known.record_id AND f.raw IS NOT NULL AND f.reason IS NULL AND f.listed_hash IS NOT NULL
-              AND known.source_hash = f.content_hash AND known.listed_hash IS DISTINCT FROM f.listed_hash
-            """
+            "UPDATE known SET listed_hash = c.listed_hash, dirty = true FROM changes c"
+            " WHERE c.id = known.record_id AND c.listed_only"
         )
         self._settle_pending()
         [(unique, valid)] = db.execute(
