@@ -56,8 +56,8 @@ def loads(content: bytes | msgspec.Raw) -> Any:
     """Parse a JSON body, keeping every number exact (see the module docstring)."""
     try:
         return _exact.decode(content)
-    except msgspec.DecodeError:
-        return loads_exact(bytes(content))  # a lone surrogate, or not JSON at all
+    except (msgspec.DecodeError, RecursionError):  # a lone surrogate, nested deeper than the stack allows, not JSON
+        return loads_exact(bytes(content))
 
 
 def loads_exact(content: bytes) -> Any:
@@ -67,10 +67,12 @@ def loads_exact(content: bytes) -> Any:
 
 def loads_page(content: bytes) -> RawPage | None:
     """The page with its records unparsed, or None when it is not a plain list page (not JSON,
-    a record msgspec cannot read, no data list or meta object): `loads` then says what it is."""
+    not UTF-8, a record msgspec cannot read, no data list or meta object): `loads` then says
+    what it is. The bytes of a record left unparsed are not checked for UTF-8, so the body is."""
     try:
+        content.decode()
         return _raw_page.decode(content)
-    except msgspec.DecodeError:
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
         return None
 
 

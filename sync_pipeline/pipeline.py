@@ -272,7 +272,7 @@ def _stage_pages(
     cycles, so reference counting frees each page as soon as it is staged."""
     staging, entity = scratch.staging, scratch.entity
     rows, same_seqs, same_hashes = PageRows(), [], []
-    seen = pages = 0
+    seen = pages = loads = 0
     with paused_gc():
         for page in prefetch(source.fetch_pages(entity, window, listed=True)):
             if page.listed:
@@ -285,7 +285,8 @@ def _stage_pages(
                 staging.load_rows(rows)
                 staging.load_listed(same_seqs, same_hashes)
                 rows, same_seqs, same_hashes = PageRows(), [], []
-                if pages % 20 == 0:
+                loads += 1
+                if loads % 4 == 0:
                     collect_young()
             if pages == 2:
                 crash_point("fetching")

@@ -124,3 +124,19 @@ def test_text_that_is_not_unicode_rejects_only_its_record():
     assert rows.id == [None, "ok", "fine"]
     assert rows.reason[0] == rows.reason[1] and "surrogate" in rows.reason[0] and rows.reason[2] is None
     assert b"\\ud800" in rows.raw[0] and b'"title":"\\udfff"' in rows.raw[1]
+
+
+def test_a_list_page_is_read_with_its_records_as_the_bytes_sent():
+    from sync_pipeline import jsontext
+
+    body = b'{"data": [{"id": "a", "n": 1.10}, {"id": "b"}], "meta": {"nextCursor": "c2"}}'
+    page = jsontext.loads_page(body)
+    assert [bytes(raw) for raw in page.data] == [b'{"id": "a", "n": 1.10}', b'{"id": "b"}']
+    assert page.meta == {"nextCursor": "c2"} and jsontext.loads(page.data[0])["n"].text == "1.10"
+    # what is not a plain list page is left to `loads`, which retries or names the problem
+    assert jsontext.loads_page(b'{"data": [{"id": "a", "t": "\xff"}], "meta": {}}') is None  # not UTF-8
+    assert jsontext.loads_page(b'{"data": [{"id": "\\ud800"}], "meta": {}}') is None  # a lone surrogate
+    assert jsontext.loads_page(b'{"data": {}, "meta": {}}') is None
+    assert jsontext.loads_page(b'{"data": [') is None
+    with pytest.raises(ValueError):
+        jsontext.loads(b'{"data": [{"id": "a", "t": "\xff"}], "meta": {}}')

@@ -116,7 +116,7 @@ class ListedIndex:
         self.widest = int(np.diff(self.starts).max())
 
     @classmethod
-    def of(cls, digests: bytes) -> ListedIndex | None:
+    def of(cls, digests: bytes | bytearray) -> ListedIndex | None:
         """The index of these md5 digests (16 bytes each, one after the other), or None when none."""
         if not digests:
             return None

@@ -101,7 +101,7 @@ def export_records(
     return count
 
 
-def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> bytes:
+def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> bytearray:
     """The listed hashes of the records of (merchant, entity) that UNCHANGED_IF_LISTED_SAME holds
     for, as md5 digests of 16 bytes each, one after the other. Read in batches: a million of
     them as Python strings would take about 100 MB at once."""
@@ -113,7 +113,7 @@ def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> byte
         result = conn.execution_options(yield_per=SQLITE_BATCH).execute(query)
         for batch in result.scalars().partitions():
             digests += bytes.fromhex("".join(batch))
-    return bytes(digests)
+    return digests
 
 
 def _copy_out(conn: sa.Connection, query: sa.Select, out) -> int:

@@ -395,7 +395,7 @@ class StateStore:
     def export_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT, **which: Any) -> int:
         return records.export_records(self.engine, merchant, entity, path, **which)
 
-    def listed_digests(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> bytes:
+    def listed_digests(self, entity: EntityType, *, merchant: str = DEFAULT_MERCHANT) -> bytearray:
         return records.listed_digests(self.engine, merchant, entity)
 
     def import_records(self, entity: EntityType, path: Path, *, merchant: str = DEFAULT_MERCHANT) -> int:
