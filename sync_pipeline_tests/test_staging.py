@@ -281,13 +281,15 @@ def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsi
         return ListedIndex.of(b"".join(bytes.fromhex(h) for (h,) in found))
 
     def stage_listed(staging, raws: list[bytes], index=None):
-        """What the page loop does: records the index holds are noted by hash, the rest parsed."""
-        digests = [listed_digest(raw) for raw in raws]
-        same = index.contains(b"".join(digests)).tolist() if index else [False] * len(raws)
-        staging.load_listed([i for i, s in enumerate(same) if s], [d.hex() for d, s in zip(digests, same) if s])
-        parsed = [i for i, s in enumerate(same) if not s]
-        staging.load_rows(to_rows(EntityType.PRODUCT, [orjson.loads(raws[i]) for i in parsed], 0,
-                                  seqs=parsed, listed=[digests[i].hex() for i in parsed]))
+        """The page loop's own step: records the index holds are noted by hash, the rest parsed."""
+        from sync_pipeline.pipeline import _sort_listed
+        from sync_pipeline.staging import PageRows
+
+        rows, same_seqs, same_hashes = PageRows(), [], []
+        _sort_listed(EntityType.PRODUCT, raws, 0, index, rows, same_seqs, same_hashes)
+        staging.load_rows(rows)
+        staging.load_listed(same_seqs, same_hashes)
+        same = [seq in same_seqs for seq in range(len(raws))]
         return same, staging.stage_listed(), staging.stage_fetched("s", now=NOW)
 
     first = [orjson.dumps(product(name)) for name in ("a", "b", "c", "d")]
