@@ -57,23 +57,24 @@ class SyncScratch:
 
     state: StateStore
     staging: StagingStore
-    directory: Path  # the run's own scratch directory, for the CSV files moved to and fro
+    directory: Path  # the run's own scratch directory, for the files moved to and fro
     merchant: str
     entity: EntityType
     sync_id: str
     _files: int = field(default=0, repr=False)
 
-    def _csv(self, name: str) -> Path:
+    def _file(self, name: str, suffix: str = ".csv") -> Path:
         self._files += 1
-        return self.directory / f"{name}-{self._files}.csv"
+        return self.directory / f"{name}-{self._files}{suffix}"
 
     def load_known(self, **which) -> int:
         """Read this (merchant, type)'s rows (all, or `ids=` and `pending=`) into the scratch."""
         return self.load_exported(*self.export_known(**which))
 
     def export_known(self, **which) -> tuple[Path, int]:
-        """Write this (merchant, type)'s rows to a CSV file of the scratch (from any thread)."""
-        path = self._csv("known")
+        """Write this (merchant, type)'s rows to a file of the scratch (from any thread): all of
+        them in the format the state store exports fastest, some (by id) as CSV."""
+        path = self._file("known", ".csv" if which else self.state.export_suffix)
         return path, self.state.export_records(self.entity, path, merchant=self.merchant, **which)
 
     def load_exported(self, path: Path, count: int) -> int:
@@ -85,7 +86,7 @@ class SyncScratch:
         """Write back to the state store the rows this sync changed since the last save (with
         `settled_only`, only those the gateway has answered for), and the records' trail events;
         they count as saved only once the state store has them."""
-        rows_path, events_path = self._csv("rows"), self._csv("events")
+        rows_path, events_path = self._file("rows"), self._file("events")
         rows, events = self.staging.unsaved_to_csv(rows_path, events_path, settled_only=settled_only)
         if rows:
             self.state.import_records(self.entity, rows_path, merchant=self.merchant)
@@ -106,7 +107,7 @@ def adopt_legacy_holdings(scratch: SyncScratch, data_dir: Path) -> int:
         return 0
     adopted = 0
     if not scratch.state.count_records(scratch.entity, merchant=scratch.merchant):
-        path = scratch._csv("legacy")
+        path = scratch._file("legacy")
         adopted = export_legacy_holdings(legacy, path)
         if adopted:
             scratch.state.import_records(scratch.entity, path, merchant=scratch.merchant)

@@ -22,6 +22,7 @@ Tables:
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ..state.records import UNCHANGED_IF_LISTED_SAME
+from ..state.records import NDJSON, UNCHANGED_IF_LISTED_SAME
 from .records import PageRows
 
 PENDING_PUBLISH, PENDING_DELETE = 1, 2
@@ -224,17 +225,26 @@ class StagingStore:
         return self.db.execute(sql, params or []).fetchall()[0][0]
 
     # --- what the state store knows ------------------------------------------------------
-    def load_known(self, csv_path: Path) -> None:
+    def load_known(self, path: Path) -> None:
         """Add the state store's rows: a CSV file whose header names some of the KNOWN_COLUMNS
-        (those the diff reads; the others stay null here, and the state store keeps them)."""
-        with csv_path.open(newline="") as source:
-            names = next(csv.reader(source))
-        columns = {name: KNOWN_COLUMNS[name] for name in names}
-        self.db.execute(
-            f"INSERT INTO known ({', '.join(columns)}) SELECT * FROM read_csv(?, header = true, auto_detect = false,"
-            f" delim = ',', quote = '\"', escape = '\"', new_line = '\\n', nullstr = '', columns = {columns!r})",
-            [str(csv_path)],
-        )
+        (those the diff reads; the others stay null here, and the state store keeps them), or
+        a file of JSON lines (`.ndjson`) with those keys."""
+        if path.suffix == NDJSON:
+            with path.open(encoding="utf-8") as source:
+                first = source.readline()
+            if not first:
+                return
+            columns = {name: KNOWN_COLUMNS[name] for name in json.loads(first)}
+            reader = f"read_json(?, format = 'newline_delimited', columns = {columns!r})"
+        else:
+            with path.open(newline="") as source:
+                names = next(csv.reader(source))
+            columns = {name: KNOWN_COLUMNS[name] for name in names}
+            reader = (
+                "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
+                f" new_line = '\\n', nullstr = '', columns = {columns!r})"
+            )
+        self.db.execute(f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
 
     def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:
         """Write the rows this sync changed and the trail events not yet saved (for the state
