@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import requests
+import requests.auth
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class BearerAuth(requests.auth.AuthBase):
+    """The token on every request. As the session's `auth` (not a default header) it also spares
+    each request requests' look for a ~/.netrc file: two file-system checks a request, which
+    publishing a million records paid a thousand times over from 16 threads."""
+
+    def __init__(self, token: str):
+        self.header = f"Bearer {token}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self.header
+        return request
 
 
 def build_session(
@@ -37,7 +51,7 @@ def build_session(
     session = requests.Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.headers["Authorization"] = f"Bearer {token}"
+    session.auth = BearerAuth(token)
     session.headers["Accept"] = "application/json"
     return session
 

@@ -142,17 +142,25 @@ def _sqlite_export_ndjson(cursor, merchant: str, entity: EntityType, path: Path)
 
 def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> bytearray:
     """The listed hashes of the records of (merchant, entity) that UNCHANGED_IF_LISTED_SAME holds
-    for, as md5 digests of 16 bytes each, one after the other. Read in batches: a million of
-    them as Python strings would take about 100 MB at once."""
-    query = sa.select(records.c.listed_hash).where(
-        records.c.merchant_id == merchant, records.c.entity_type == entity.value, sa.text(UNCHANGED_IF_LISTED_SAME)
+    for, as md5 digests of 16 bytes each, one after the other. Read in chunks by key, each as one
+    string the database concatenates: a million of them as Python strings would take about
+    100 MB at once, and a row at a time the interpreter's time."""
+    concat = "group_concat(listed_hash, '')" if engine.dialect.name == "sqlite" else "string_agg(listed_hash, '')"
+    chunk = (
+        f"SELECT {concat}, max(record_id), count(*) FROM ("
+        f" SELECT record_id, listed_hash FROM records WHERE merchant_id = :merchant AND entity_type = :entity"
+        f" AND {UNCHANGED_IF_LISTED_SAME} {{after}} ORDER BY record_id LIMIT {SQLITE_BATCH}) AS chunk"
     )
+    first, rest = sa.text(chunk.format(after="")), sa.text(chunk.format(after="AND record_id > :after"))
     digests = bytearray()
+    last = None
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=SQLITE_BATCH).execute(query)
-        for batch in result.scalars().partitions():
-            digests += bytes.fromhex("".join(batch))
-    return digests
+        while True:
+            params = {"merchant": merchant, "entity": entity.value, "after": last}
+            text, last, rows = conn.execute(first if last is None else rest, params).one()
+            if not rows:
+                return digests
+            digests += bytes.fromhex(text)
 
 
 def _copy_out(conn: sa.Connection, query: sa.Select, out) -> int:
