@@ -97,9 +97,11 @@ class BatchRecord:
 
 
 # Each batch a sync has at the gateway (SYNC_GATEWAY_IN_FLIGHT, 16 by default) records itself
-# from its own thread: the pool keeps that many connections once opened (beyond SQLAlchemy's 5,
-# each batch would open and set up a connection of its own, three times), and opens more while needed.
-POOL_SIZE = 20
+# from its own thread: on SQLite the pool keeps that many connections once opened (beyond
+# SQLAlchemy's 5, each batch would open and set up a connection of its own, three times), and
+# opens more while needed. PostgreSQL keeps SQLAlchemy's 5: every process holding 20 idle
+# connections would press on the server's connection limit.
+SQLITE_POOL_SIZE = 20
 POOL_OVERFLOW = 40
 
 
@@ -108,7 +110,7 @@ def create_state_engine(url: str) -> Engine:
         if url.startswith(plain):  # SQLAlchemy 2.1 would pick psycopg 3; psycopg2 is what ships
             url = "postgresql+psycopg2://" + url[len(plain):]
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, pool_size=SQLITE_POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
@@ -119,7 +121,7 @@ def create_state_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    return sa.create_engine(url, pool_pre_ping=True, max_overflow=POOL_OVERFLOW)
 
 
 # An advisory lock id all processes agree on: schema upgrades on PostgreSQL run one at a time.
