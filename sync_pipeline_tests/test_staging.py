@@ -28,7 +28,7 @@ class Syncs:
 
     def next(self) -> StagingStore:
         if self.connection is not None:
-            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty) FROM known) TO '{self.state}' (HEADER)")
+            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered) FROM known) TO '{self.state}' (HEADER)")
             self.connection.close()
         self.number += 1
         self.connection = connect_scratch(self.tmp_path / f"scratch-{self.number}.duckdb")
@@ -107,6 +107,26 @@ def test_an_unchanged_listing_writes_nothing_back(syncs, tmp_path):
     staging = syncs.next()
     stage(staging, [product("a"), product("b")], sync_id="s2")
     assert staging.unsaved_to_csv(tmp_path / "second.csv", tmp_path / "second-events.csv") == (0, 0)
+
+
+def test_a_save_while_publishing_writes_back_only_what_the_gateway_has_answered_for(syncs, tmp_path):
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b"), product("c")])
+    staging.record_outcomes(Outcome.HELD, ["a"], [None], "b1", [None])
+    staging.record_outcomes(Outcome.FAILED, ["b"], [None], "b2", [None])
+    staging.fold_outcomes(NOW)
+    # a and b were answered for (held, failed); c was staged but not sent yet
+    assert staging.unsaved_to_csv(tmp_path / "1.csv", tmp_path / "1-events.csv", settled_only=True)[0] == 2
+    assert sorted(row.split(",")[0] for row in (tmp_path / "1.csv").read_text().splitlines()[1:]) == ["a", "b"]
+    staging.mark_saved()
+    assert staging.unsaved_to_csv(tmp_path / "2.csv", tmp_path / "2-events.csv", settled_only=True)[0] == 0
+    staging.record_outcomes(Outcome.HELD, ["b"], [None], "b3", [None])
+    staging.fold_outcomes(NOW)
+    assert staging.unsaved_to_csv(tmp_path / "3.csv", tmp_path / "3-events.csv", settled_only=True)[0] == 1
+    staging.mark_saved()
+    # the last save writes the rest
+    assert staging.unsaved_to_csv(tmp_path / "4.csv", tmp_path / "4-events.csv")[0] == 1
+    assert (tmp_path / "4.csv").read_text().splitlines()[1].startswith("c,")
 
 
 def test_only_changed_content_is_published_again(syncs):

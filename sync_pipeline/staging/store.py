@@ -12,7 +12,8 @@ Tables:
   known     the state store's rows for this (merchant, type) that this sync touches: the last
             valid version seen at the source, what the gateway holds, refusals, deletions, and
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
-            Rows this sync changes are marked `dirty` and written back by `unsaved_to_csv`.
+            Rows this sync changes are marked `dirty` and written back by `unsaved_to_csv`;
+            `answered` marks those the gateway has answered for this sync (see `settled`).
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (seen, rejected, published, refused, parked, failed,
@@ -71,7 +72,8 @@ CREATE TEMP TABLE IF NOT EXISTS fetched (
 );
 CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
-    {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false
+    {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false,
+    answered BOOLEAN DEFAULT false
 );
 CREATE TEMP TABLE IF NOT EXISTS outcomes (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
@@ -251,7 +253,7 @@ class StagingStore:
         store); `settled_only`: only rows the gateway has answered for (a save while publishing,
         so a record is not written once before it is sent and again after). `mark_saved` forgets
         them once the state store has them. Returns (rows, events)."""
-        where = "dirty" + (" AND record_id IN (SELECT id FROM settled)" if settled_only else "")
+        where = "dirty" + (" AND answered" if settled_only else "")
         rows = self._scalar(f"SELECT count(*) FROM known WHERE {where}")
         with self._one_thread():
             if rows:
@@ -662,6 +664,8 @@ class StagingStore:
             [now],
         )
         self._settle_pending(among="record_id IN (SELECT id FROM outcomes)")
+        # a flag, not a lookup in `settled` at each save: that table grows to the whole catalogue
+        db.execute("UPDATE known SET answered = true WHERE record_id IN (SELECT id FROM outcomes) AND NOT answered")
         db.execute("INSERT INTO settled SELECT * FROM outcomes")
         db.execute("DELETE FROM outcomes")
 
