@@ -14,7 +14,7 @@ listing needs, for most of a full re-sync of a million records.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -75,8 +75,8 @@ def export_records(
     if path.suffix == NDJSON:
         if ids is not None or engine.dialect.name != "sqlite":
             raise ValueError(f"{path}: only SQLite exports, and only all of a merchant's records, as {NDJSON}")
-        with engine.connect() as conn, closing(conn.connection.dbapi_connection.cursor()) as cursor:
-            return _sqlite_export_ndjson(cursor, merchant, entity, path)
+        with engine.connect() as conn:
+            return _sqlite_export_ndjson(conn, merchant, entity, path)
     key = (records.c.merchant_id == merchant, records.c.entity_type == entity.value)
     columns = [records.c[name] for name in DIFF_COLUMNS]
     if ids is None:
@@ -118,26 +118,37 @@ def export_records(
     return count
 
 
-def _sqlite_export_ndjson(cursor, merchant: str, entity: EntityType, path: Path) -> int:
-    """SQLite writes each chunk of rows as JSON lines itself, in one statement (by key, after the
-    last chunk's last id): Python only hands the text on to the file."""
-    line = "json_object(" + ", ".join(f"'{name}', {name}" for name in DIFF_COLUMNS) + ")"
+def _concatenated_chunks(
+    conn: sa.Connection, merchant: str, entity: EntityType, value: str, concat: str, where: str = "true"
+) -> Iterator[tuple[str, int]]:
+    """(text, rows) for each chunk of SQLITE_BATCH rows of (merchant, entity) matching `where`,
+    by key: `value` of each row joined into one string by the database's aggregate `concat`
+    (with `{}` for the value), in one statement a chunk, after the last chunk's last id."""
     chunk = (
-        f"SELECT group_concat(line, char(10)), max(record_id), count(*) FROM ("
-        f" SELECT record_id, {line} AS line FROM records WHERE merchant_id = ? AND entity_type = ? {{after}}"
-        f" ORDER BY record_id LIMIT {SQLITE_BATCH})"
+        f"SELECT {concat.format('value')}, max(record_id), count(*) FROM ("
+        f" SELECT record_id, {value} AS value FROM records WHERE merchant_id = :merchant AND entity_type = :entity"
+        f" AND {where} AFTER ORDER BY record_id LIMIT {SQLITE_BATCH}) AS chunk"
     )
-    first, rest = chunk.format(after=""), chunk.format(after="AND record_id > ?")
-    count, last = 0, None
+    first, rest = sa.text(chunk.replace(" AFTER ", " ")), sa.text(chunk.replace(" AFTER ", " AND record_id > :after "))
+    last = None
+    while True:
+        params = {"merchant": merchant, "entity": entity.value, "after": last}
+        text, last, rows = conn.execute(first if last is None else rest, params).one()
+        if not rows:
+            return
+        yield text, rows
+
+
+def _sqlite_export_ndjson(conn: sa.Connection, merchant: str, entity: EntityType, path: Path) -> int:
+    """SQLite writes each chunk of rows as JSON lines itself: Python only hands the text on."""
+    line = "json_object(" + ", ".join(f"'{name}', {name}" for name in DIFF_COLUMNS) + ")"
+    count = 0
     with path.open("w", encoding="utf-8") as out:
-        while True:
-            params = (merchant, entity.value) if last is None else (merchant, entity.value, last)
-            text, last, rows = cursor.execute(first if last is None else rest, params).fetchone()
-            if not rows:
-                return count
+        for text, rows in _concatenated_chunks(conn, merchant, entity, line, "group_concat({}, char(10))"):
             out.write(text)
             out.write("\n")
             count += rows
+    return count
 
 
 def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> bytearray:
@@ -145,22 +156,12 @@ def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> byte
     for, as md5 digests of 16 bytes each, one after the other. Read in chunks by key, each as one
     string the database concatenates: a million of them as Python strings would take about
     100 MB at once, and a row at a time the interpreter's time."""
-    concat = "group_concat(listed_hash, '')" if engine.dialect.name == "sqlite" else "string_agg(listed_hash, '')"
-    chunk = (
-        f"SELECT {concat}, max(record_id), count(*) FROM ("
-        f" SELECT record_id, listed_hash FROM records WHERE merchant_id = :merchant AND entity_type = :entity"
-        f" AND {UNCHANGED_IF_LISTED_SAME} {{after}} ORDER BY record_id LIMIT {SQLITE_BATCH}) AS chunk"
-    )
-    first, rest = sa.text(chunk.format(after="")), sa.text(chunk.format(after="AND record_id > :after"))
+    concat = "group_concat({}, '')" if engine.dialect.name == "sqlite" else "string_agg({}, '')"
     digests = bytearray()
-    last = None
     with engine.connect() as conn:
-        while True:
-            params = {"merchant": merchant, "entity": entity.value, "after": last}
-            text, last, rows = conn.execute(first if last is None else rest, params).one()
-            if not rows:
-                return digests
+        for text, _ in _concatenated_chunks(conn, merchant, entity, "listed_hash", concat, UNCHANGED_IF_LISTED_SAME):
             digests += bytes.fromhex(text)
+    return digests
 
 
 def _copy_out(conn: sa.Connection, query: sa.Select, out) -> int:
