@@ -617,9 +617,14 @@ class StagingStore:
 
     def fold_outcomes(self, now: datetime) -> None:
         """Apply the buffered outcomes to `known` in set operations: what the gateway now
-        holds, refused (counting refusals of the same version in a row) or deleted."""
+        holds, refused (counting refusals of the same version in a row) or deleted. Each kind's
+        statement runs only when the kind is among the outcomes: each is a pass over `known`,
+        the whole catalogue, and most folds hold nothing but `held`."""
         self._flush_outcomes()
         db = self.db
+        kinds = {kind for (kind,) in db.execute("SELECT DISTINCT kind FROM outcomes").fetchall()}
+        if not kinds:
+            return
         db.execute(
             f"""
             INSERT INTO events SELECT id, ?, CASE kind WHEN '{Outcome.HELD}' THEN '{Event.PUBLISHED}' ELSE kind END,
@@ -628,7 +633,7 @@ class StagingStore:
             """,
             [now],
         )
-        if self.park_after:
+        if self.park_after and Outcome.REFUSED in kinds:
             db.execute(
                 f"""
                 INSERT INTO events SELECT o.id, ?, '{Event.PARKED}', o.content_hash, o.batch_id,
@@ -639,33 +644,29 @@ class StagingStore:
                 """,
                 [now],
             )
-        db.execute(
-            f"""
-            UPDATE known SET held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?,
-                refused_hash = NULL, refused_reason = NULL, refused_at = NULL, refused_times = 0, dirty = true
-            FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.HELD}'
-            """,
-            [now],
-        )
-        db.execute(
-            f"""
-            UPDATE known SET refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,
-                refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?, dirty = true
-            FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.REFUSED}'
-            """,
-            [now],
-        )
-        db.execute(
-            f"""
-            UPDATE known SET held_hash = NULL, held_batch_id = NULL, held_at = NULL,
-                deleted_batch_id = o.batch_id, deleted_at = ?, dirty = true
-            FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.DELETED}'
-            """,
-            [now],
-        )
+        # every row an outcome touches is `answered` (a save while publishing writes it back): a
+        # flag, not a lookup in `settled` at each save, a table that grows to the whole catalogue
+        changes = {
+            Outcome.HELD: "held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?, refused_hash = NULL,"
+                          " refused_reason = NULL, refused_at = NULL, refused_times = 0",
+            Outcome.REFUSED: "refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,"
+                             " refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?",
+            Outcome.DELETED: "held_hash = NULL, held_batch_id = NULL, held_at = NULL, deleted_batch_id = o.batch_id,"
+                             " deleted_at = ?",
+        }
+        for kind, change in changes.items():
+            if kind in kinds:
+                db.execute(
+                    f"UPDATE known SET {change}, dirty = true, answered = true"
+                    f" FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{kind}'",
+                    [now],
+                )
+        if Outcome.FAILED in kinds:
+            db.execute(
+                "UPDATE known SET answered = true"
+                f" WHERE record_id IN (SELECT id FROM outcomes WHERE kind = '{Outcome.FAILED}') AND NOT answered"
+            )
         self._settle_pending(among="record_id IN (SELECT id FROM outcomes)")
-        # a flag, not a lookup in `settled` at each save: that table grows to the whole catalogue
-        db.execute("UPDATE known SET answered = true WHERE record_id IN (SELECT id FROM outcomes) AND NOT answered")
         db.execute("INSERT INTO settled SELECT * FROM outcomes")
         db.execute("DELETE FROM outcomes")
 
