@@ -343,8 +343,9 @@ def _deletion_candidates(staging: StagingStore, entity: EntityType, share: float
 
 
 # Batches made up beyond those at the gateway, ready for the next thread that frees up. Each holds
-# its records' JSON: 16 of them (the old setting) put 14 MiB more on a 1M first sync's peak and
-# kept no thread busier, as the threads wait on the gateway and the state store, not on the loop.
+# its records' JSON: as many as there are threads (the old setting; 16 by default) put 14 MiB more
+# on a 1M first sync's peak and kept no thread busier, as the threads wait on the gateway and the
+# state store, not on the loop.
 QUEUED_AHEAD = 2
 
 
