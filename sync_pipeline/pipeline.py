@@ -342,13 +342,6 @@ def _deletion_candidates(staging: StagingStore, entity: EntityType, share: float
     return [record_id for record_id, _ in candidates]
 
 
-# Batches made up beyond those at the gateway, ready for the next thread that frees up. Each holds
-# its records' JSON: as many as there are threads (the old setting; 16 by default) put 14 MiB more
-# on a 1M first sync's peak and kept no thread busier, as the threads wait on the gateway and the
-# state store, not on the loop.
-QUEUED_AHEAD = 2
-
-
 def publish_changes(
     gateway: GatewayClient,
     scratch: SyncScratch,
@@ -459,11 +452,11 @@ def publish_changes(
         try:
             for chunk in staging.changed_since_publish(batch_size):
                 pending[pool.submit(send, Operation.UPSERT, chunk)] = Operation.UPSERT
-                drain(workers + QUEUED_AHEAD)
+                drain(workers * 2)
             for start in range(0, len(deletions), batch_size):
                 chunk = deletions[start : start + batch_size]
                 pending[pool.submit(send, Operation.DELETE, chunk)] = Operation.DELETE
-                drain(workers + QUEUED_AHEAD)
+                drain(workers * 2)
             drain(0)
         except BaseException:
             for future in pending:
