@@ -8,7 +8,7 @@ import pytest
 
 from sync_pipeline.domain import EntityType
 from sync_pipeline.staging import Outcome, StagingStore, connect_scratch, to_rows
-from sync_pipeline.staging.store import PENDING_DELETE, PENDING_PUBLISH
+from sync_pipeline.staging.store import PENDING_DELETE, PENDING_PUBLISH, Event
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -127,6 +127,24 @@ def test_a_save_while_publishing_writes_back_only_what_the_gateway_has_answered_
     # the last save writes the rest
     assert staging.unsaved_to_csv(tmp_path / "4.csv", tmp_path / "4-events.csv")[0] == 1
     assert (tmp_path / "4.csv").read_text().splitlines()[1].startswith("c,")
+
+
+def test_a_fold_of_one_kind_of_answer_marks_its_record_answered(syncs, tmp_path):
+    # a fold runs only the passes for the kinds of answer it holds
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b"), product("c"), product("d")])
+    answers = [(Outcome.REFUSED, "a", "too long"), (Outcome.FAILED, "b", None), (Outcome.DELETED, "c", None),
+               (Outcome.HELD, "d", None)]
+    for n, (kind, record_id, reason) in enumerate(answers):
+        staging.record_outcomes(kind, [record_id], [None], f"b{n}", [reason])
+        staging.fold_outcomes(NOW)
+        rows, events = staging.unsaved_to_csv(tmp_path / f"{n}.csv", tmp_path / f"{n}-events.csv", settled_only=True)
+        assert rows == 1 and (tmp_path / f"{n}.csv").read_text().splitlines()[1].startswith(f"{record_id},")
+        trail = [line.split(",") for line in (tmp_path / f"{n}-events.csv").read_text().splitlines()[1:]]
+        assert [record_id, Event.PUBLISHED if kind == Outcome.HELD else kind] in [row[:3:2] for row in trail]
+        staging.mark_saved()
+    staging.fold_outcomes(NOW)  # nothing to fold
+    assert staging.unsaved_to_csv(tmp_path / "end.csv", tmp_path / "end-events.csv", settled_only=True) == (0, 0)
 
 
 def test_only_changed_content_is_published_again(syncs):
