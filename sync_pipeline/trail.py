@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from .domain import EntityType, as_utc, format_time
-from .staging.store import PENDING_DELETE, PENDING_PUBLISH
+from .staging.store import PENDING_DELETE, PENDING_PUBLISH, TIME_FORMAT, Event
 from .state import StateStore
 from .state.schema import record_events, records, rejections
 
@@ -107,6 +107,22 @@ def _t(value: datetime | None) -> str | None:
     return format_time(value) if value else None
 
 
+def _shown(event: sa.Row) -> list[dict[str, Any]]:
+    """A row of the trail as the events it stands for, newest first: one, or (a version seen and
+    published by the same sync, stored as one row) `published`, then `seen`."""
+    shown = {
+        "at": _t(as_utc(event.event_at)), "event": event.event, "syncId": event.sync_id,
+        "contentHash": event.content_hash, "batchId": event.batch_id, "detail": event.detail,
+    }
+    if event.event != Event.SEEN_PUBLISHED:
+        return [shown]
+    seen_at = datetime.strptime(event.detail, TIME_FORMAT).replace(tzinfo=timezone.utc)
+    return [
+        {**shown, "event": Event.PUBLISHED, "detail": None},
+        {**shown, "at": _t(seen_at), "event": Event.SEEN, "batchId": None, "detail": None},
+    ]
+
+
 def record_trail(
     store: StateStore, entity: EntityType, record_id: str, *, merchant: str, park_after: int | None
 ) -> Trail | None:
@@ -118,10 +134,7 @@ def record_trail(
             return None
         state = {name: as_utc(value) if isinstance(value, datetime) else value for name, value in row._mapping.items()}
         events = [
-            {
-                "at": _t(as_utc(event.event_at)), "event": event.event, "syncId": event.sync_id,
-                "contentHash": event.content_hash, "batchId": event.batch_id, "detail": event.detail,
-            }
+            shown
             for event in conn.execute(
                 sa.select(record_events)
                 .where(record_events.c.merchant_id == merchant, record_events.c.entity_type == entity.value,
@@ -129,7 +142,8 @@ def record_trail(
                 .order_by(record_events.c.event_at.desc(), record_events.c.event_id.desc())
                 .limit(EVENTS_SHOWN)
             )
-        ]
+            for shown in _shown(event)
+        ][:EVENTS_SHOWN]
         rejection = conn.execute(
             sa.select(rejections.c.sync_id, rejections.c.reason, rejections.c.raw, rejections.c.rejected_at)
             .where(rejections.c.merchant_id == merchant, rejections.c.entity_type == entity.value,

@@ -11,6 +11,7 @@ from sync_pipeline.staging import Outcome, StagingStore, connect_scratch, to_row
 from sync_pipeline.staging.store import PENDING_DELETE, PENDING_PUBLISH, Event
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+LATER = datetime(2026, 3, 1, 0, 0, 5, 250_000, tzinfo=timezone.utc)
 
 
 def product(record_id: str, updated: str = "2025-03-01T10:00:00Z", **fields) -> dict:
@@ -28,7 +29,7 @@ class Syncs:
 
     def next(self) -> StagingStore:
         if self.connection is not None:
-            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered) FROM known) TO '{self.state}' (HEADER)")
+            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered, seen_unsaved) FROM known) TO '{self.state}' (HEADER)")
             self.connection.close()
         self.number += 1
         self.connection = connect_scratch(self.tmp_path / f"scratch-{self.number}.duckdb")
@@ -102,7 +103,7 @@ def test_an_unchanged_listing_writes_nothing_back(syncs, tmp_path):
     staging = syncs.next()
     stage(staging, [product("a"), product("b")])
     publish_all(staging)
-    assert staging.unsaved_to_csv(tmp_path / "first.csv", tmp_path / "first-events.csv") == (2, 4)  # seen, published
+    assert staging.unsaved_to_csv(tmp_path / "first.csv", tmp_path / "first-events.csv") == (2, 2)  # seen and published, one row each
     staging.mark_saved()
     staging = syncs.next()
     stage(staging, [product("a"), product("b")], sync_id="s2")
@@ -145,6 +146,34 @@ def test_a_fold_of_one_kind_of_answer_marks_its_record_answered(syncs, tmp_path)
         staging.mark_saved()
     staging.fold_outcomes(NOW)  # nothing to fold
     assert staging.unsaved_to_csv(tmp_path / "end.csv", tmp_path / "end-events.csv", settled_only=True) == (0, 0)
+
+
+def test_a_version_seen_and_published_by_one_sync_is_one_row_of_its_trail(syncs, tmp_path):
+    from sync_pipeline.staging.store import TIME_FORMAT
+
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b"), product("c")])
+    hashes = dict(staging.db.execute("SELECT record_id, source_hash FROM known").fetchall())
+    staging.record_outcomes(Outcome.HELD, ["a"], [hashes["a"]], "b1", [None])
+    staging.record_outcomes(Outcome.REFUSED, ["b"], [hashes["b"]], "b1", ["too long"])
+    staging.fold_outcomes(LATER)
+
+    def trail(name: str, **save) -> list[list[str]]:
+        staging.unsaved_to_csv(tmp_path / f"{name}.csv", tmp_path / f"{name}-events.csv", **save)
+        staging.mark_saved()
+        return [row.split(",") for row in (tmp_path / f"{name}-events.csv").read_text().splitlines()[1:]]
+
+    seen_at, published_at = NOW.strftime(TIME_FORMAT), LATER.strftime(TIME_FORMAT)
+    # c is not answered yet: its row waits, and so does its `seen`
+    assert trail("while", settled_only=True) == [
+        ["a", published_at, Event.SEEN_PUBLISHED, hashes["a"], "b1", seen_at],
+        ["b", seen_at, Event.SEEN, hashes["b"], "", ""],
+        ["b", published_at, Event.REFUSED, hashes["b"], "b1", "too long"],
+    ]
+    assert trail("end") == [["c", seen_at, Event.SEEN, hashes["c"], "", ""]]
+    staging.record_outcomes(Outcome.HELD, ["c"], [hashes["c"]], "b2", [None])
+    staging.fold_outcomes(LATER)
+    assert trail("late") == [["c", published_at, Event.PUBLISHED, hashes["c"], "b2", ""]]  # its `seen` is saved
 
 
 def test_only_changed_content_is_published_again(syncs):

@@ -13,7 +13,10 @@ Tables:
             valid version seen at the source, what the gateway holds, refusals, deletions, and
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
             Rows this sync changes are marked `dirty` and written back by `unsaved_to_csv`;
-            `answered` marks those the gateway has answered for this sync (see `settled`).
+            `answered` marks those the gateway has answered for this sync (see `settled`), and
+            `seen_unsaved` those whose new valid version's `seen` event is not written yet: it
+            is made from the row when the row is written back, or folded into the row of its
+            `published` event (one row of the trail instead of two; see `Event`)
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (seen, rejected, published, refused, parked, failed,
@@ -73,7 +76,7 @@ CREATE TEMP TABLE IF NOT EXISTS fetched (
 CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
     {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false,
-    answered BOOLEAN DEFAULT false
+    answered BOOLEAN DEFAULT false, seen_unsaved BOOLEAN DEFAULT false
 );
 CREATE TEMP TABLE IF NOT EXISTS outcomes (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
@@ -165,6 +168,10 @@ class Event:
     FAILED = "failed"  # its batch FAILED or was never settled
     GONE = "gone"  # the product service answers 404
     DELETED = "deleted"  # the gateway deleted it (batch)
+    # A version seen and published by the same sync, in one row of the state store: `event_at`
+    # when it was published, `detail` when it was seen (TIME_FORMAT, UTC). A first sync of a
+    # million records writes a million rows fewer; the trail shows the two events (trail.py).
+    SEEN_PUBLISHED = "seen+published"
 
 
 @dataclass(frozen=True)
@@ -268,13 +275,27 @@ class StagingStore:
                     f"COPY (SELECT {columns} FROM known WHERE {where} ORDER BY record_id)"
                     f" TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
                 )
-            events = self._scalar("SELECT count(*) FROM events")
+            # the `seen` events not yet written of the rows written now, then those in `events`
+            seen = f"FROM known WHERE {where} AND seen_unsaved"
+            events = self._scalar(f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) FROM events)")
             if events:
                 # by record too, each record's events in the order they happened (the state store
                 # numbers them in file order, and its trail index takes them in key order)
                 self.db.execute(
-                    f"COPY (SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id,"
-                    f" detail FROM events ORDER BY record_id, rowid) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')"
+                    f"""
+                    COPY (
+                        SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash,
+                               batch_id, detail
+                        FROM (
+                            SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
+                                   source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -1 AS position
+                            {seen}
+                            UNION ALL
+                            SELECT record_id, event_at, event, content_hash, batch_id, detail, rowid FROM events
+                        )
+                        ORDER BY record_id, position
+                    ) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')
+                    """
                 )
         self._saving = where
         return rows, events
@@ -295,7 +316,7 @@ class StagingStore:
     def mark_saved(self) -> None:
         """The state store has what `unsaved_to_csv` wrote: forget it (nothing changed meanwhile:
         the scratch is used from one thread)."""
-        self.db.execute(f"UPDATE known SET dirty = false WHERE {self._saving}")
+        self.db.execute(f"UPDATE known SET dirty = false, seen_unsaved = false WHERE {self._saving}")
         self.db.execute("DELETE FROM events")
 
     def fetched_ids(self) -> list[str]:
@@ -409,23 +430,23 @@ class StagingStore:
             )
             """
         )
-        # and the trail: a new valid version seen, or a rejected one, with the reason
+        # and the trail: a rejected version, with the reason (a new valid version's `seen` is
+        # noted on its row, `seen_unsaved`, and written with it)
         db.execute(
             f"""
-            INSERT INTO events SELECT id, ?, CASE WHEN reason IS NULL THEN '{Event.SEEN}' ELSE '{Event.REJECTED}' END,
-                content_hash, NULL, reason
-            FROM changes WHERE NOT listed_only
+            INSERT INTO events SELECT id, ?, '{Event.REJECTED}', content_hash, NULL, reason
+            FROM changes WHERE NOT listed_only AND reason IS NOT NULL
             """,
             [now],
         )
         db.execute(
             """
             INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, source_seen_at,
-                               rejected_reason, rejected_at, refused_times, pending, dirty)
+                               rejected_reason, rejected_at, refused_times, pending, dirty, seen_unsaved)
             SELECT id, CASE WHEN reason IS NULL THEN content_hash END, CASE WHEN reason IS NULL THEN listed_hash END,
                    CASE WHEN reason IS NULL THEN updated_at END,
                    CASE WHEN reason IS NULL THEN ? END, CASE WHEN reason IS NULL THEN ? END,
-                   reason, CASE WHEN reason IS NOT NULL THEN ? END, 0, 0, true
+                   reason, CASE WHEN reason IS NOT NULL THEN ? END, 0, 0, true, reason IS NULL
             FROM changes WHERE is_new
             """,
             [sync_id, now, now],
@@ -434,7 +455,7 @@ class StagingStore:
             """
             UPDATE known SET source_hash = c.content_hash, listed_hash = c.listed_hash, source_updated_at = c.updated_at,
                 source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
-                gone_at = NULL, dirty = true
+                gone_at = NULL, dirty = true, seen_unsaved = true
             FROM changes c
             WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NULL AND NOT c.listed_only
             """,
@@ -627,11 +648,16 @@ class StagingStore:
         kinds = {kind for (kind,) in db.execute("SELECT DISTINCT kind FROM outcomes").fetchall()}
         if not kinds:
             return
+        # the version published is the one this sync saw: one trail row for both (see Event)
+        seen_too = f"o.kind = '{Outcome.HELD}' AND k.seen_unsaved AND k.source_hash = o.content_hash"
         db.execute(
             f"""
-            INSERT INTO events SELECT id, ?, CASE kind WHEN '{Outcome.HELD}' THEN '{Event.PUBLISHED}' ELSE kind END,
-                CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, 'deleted') END, batch_id, reason
-            FROM outcomes
+            INSERT INTO events SELECT o.id, ?,
+                CASE WHEN {seen_too} THEN '{Event.SEEN_PUBLISHED}' WHEN o.kind = '{Outcome.HELD}' THEN '{Event.PUBLISHED}'
+                     ELSE o.kind END,
+                CASE WHEN o.kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(o.content_hash, 'deleted') END, o.batch_id,
+                CASE WHEN {seen_too} THEN strftime(k.source_seen_at, '{TIME_FORMAT}') ELSE o.reason END
+            FROM outcomes o LEFT JOIN known k ON k.record_id = o.id
             """,
             [now],
         )
@@ -650,7 +676,8 @@ class StagingStore:
         # flag, not a lookup in `settled` at each save, a table that grows to the whole catalogue
         changes = {
             Outcome.HELD: "held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?, refused_hash = NULL,"
-                          " refused_reason = NULL, refused_at = NULL, refused_times = 0",
+                          " refused_reason = NULL, refused_at = NULL, refused_times = 0,"
+                          " seen_unsaved = seen_unsaved AND source_hash IS DISTINCT FROM o.content_hash",
             Outcome.REFUSED: "refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,"
                              " refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?",
             Outcome.DELETED: "held_hash = NULL, held_batch_id = NULL, held_at = NULL, deleted_batch_id = o.batch_id,"

@@ -141,8 +141,9 @@ records = sa.Table(
     ),
 )
 
-# Each record's trail: what happened to it, sync by sync (see staging.store.Event). Pruned after
-# SYNC_RETENTION_DAYS; the record's current state above is what the next sync needs.
+# Each record's trail: what happened to it, sync by sync (see staging.store.Event; a version seen
+# and published by the same sync is one row, `seen+published`). Pruned after SYNC_RETENTION_DAYS;
+# the record's current state above is what the next sync needs.
 record_events = sa.Table(
     "record_events",
     metadata,
