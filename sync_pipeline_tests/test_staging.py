@@ -2,6 +2,7 @@
 holds, what is owed across syncs, deletions. Each `Sync` here is a fresh scratch that starts
 from the previous one's written-back rows, as a real run starts from the state store."""
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -29,7 +30,7 @@ class Syncs:
 
     def next(self) -> StagingStore:
         if self.connection is not None:
-            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered, seen_unsaved) FROM known) TO '{self.state}' (HEADER)")
+            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered, seen_unsaved, published_unsaved) FROM known) TO '{self.state}' (HEADER)")
             self.connection.close()
         self.number += 1
         self.connection = connect_scratch(self.tmp_path / f"scratch-{self.number}.duckdb")
@@ -268,6 +269,25 @@ def test_a_deletion_that_failed_is_still_owed_by_the_next_sync(syncs):
     staging.fold_outcomes(NOW)
     staging = syncs.next()
     assert pending(staging) == {"b": PENDING_DELETE}
+
+
+def test_each_change_carries_its_own_json_content_hash_and_the_hash_the_gateway_holds(syncs, monkeypatch):
+    # a slice's rows are read in fetch order and sorted by id apart from what the gateway holds
+    import sync_pipeline.staging.store as store
+
+    monkeypatch.setattr(store, "SLICE_ROWS", 7)
+    staging = syncs.next()
+    stage(staging, [product(f"p{(i * 7) % 30:03d}") for i in range(30)])
+    publish_all(staging)
+    held = dict(staging.db.execute("SELECT record_id, held_hash FROM known").fetchall())
+    staging = syncs.next()
+    stage(staging, [product(f"p{(i * 11) % 30:03d}", title=f"New {(i * 11) % 30}") for i in range(30)], sync_id="s2")
+    source = dict(staging.db.execute("SELECT record_id, source_hash FROM known").fetchall())
+    changed = [record for chunk in staging.changed_since_publish(4) for record in chunk]
+    assert len(changed) == 30
+    for record in changed:
+        assert json.loads(record.raw)["title"] == f"New {int(record.id[1:])}"
+        assert record.content_hash == source[record.id] != held[record.id] == record.published_hash
 
 
 def test_changes_come_slice_by_slice_in_fetch_order_and_by_id_within_each(syncs, monkeypatch):

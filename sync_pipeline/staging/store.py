@@ -13,10 +13,11 @@ Tables:
             valid version seen at the source, what the gateway holds, refusals, deletions, and
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
             Rows this sync changes are marked `dirty` and written back by `unsaved_to_csv`;
-            `answered` marks those the gateway has answered for this sync (see `settled`), and
-            `seen_unsaved` those whose new valid version's `seen` event is not written yet: it
-            is made from the row when the row is written back, or folded into the row of its
-            `published` event (one row of the trail instead of two; see `Event`)
+            `answered` marks those the gateway has answered for this sync (see `settled`).
+            `seen_unsaved` and `published_unsaved` mark rows whose `seen` (a new valid version)
+            or `published` event is not written yet: both are made from the row when it is
+            written back, as one row of the trail when the version published is the one seen
+            (see `Event`); a fold does not write a million events for a million published
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (seen, rejected, published, refused, parked, failed,
@@ -32,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -76,7 +78,7 @@ CREATE TEMP TABLE IF NOT EXISTS fetched (
 CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
     {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false,
-    answered BOOLEAN DEFAULT false, seen_unsaved BOOLEAN DEFAULT false
+    answered BOOLEAN DEFAULT false, seen_unsaved BOOLEAN DEFAULT false, published_unsaved BOOLEAN DEFAULT false
 );
 CREATE TEMP TABLE IF NOT EXISTS outcomes (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
@@ -182,8 +184,7 @@ class StageCounts:
     rejected: int
 
 
-@dataclass(frozen=True)
-class ChangedRecord:
+class ChangedRecord(NamedTuple):  # a tuple: a million are made in a first sync of a million
     id: str
     raw: str
     content_hash: str
@@ -275,9 +276,14 @@ class StagingStore:
                     f"COPY (SELECT {columns} FROM known WHERE {where} ORDER BY record_id)"
                     f" TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
                 )
-            # the `seen` events not yet written of the rows written now, then those in `events`
-            seen = f"FROM known WHERE {where} AND seen_unsaved"
-            events = self._scalar(f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) FROM events)")
+            # the `seen` and `published` events not yet written of the rows written now (one
+            # `seen+published` when the version published is the one seen), then `events`
+            both = "(seen_unsaved AND published_unsaved AND held_hash IS NOT DISTINCT FROM source_hash)"
+            seen = f"FROM known WHERE {where} AND seen_unsaved AND NOT {both}"
+            published = f"FROM known WHERE {where} AND published_unsaved"
+            events = self._scalar(
+                f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) {published}) + (SELECT count(*) FROM events)"
+            )
             if events:
                 # by record too, each record's events in the order they happened (the state store
                 # numbers them in file order, and its trail index takes them in key order)
@@ -288,8 +294,14 @@ class StagingStore:
                                batch_id, detail
                         FROM (
                             SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
-                                   source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -1 AS position
+                                   source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -2 AS position
                             {seen}
+                            UNION ALL
+                            SELECT record_id, held_at,
+                                   CASE WHEN {both} THEN '{Event.SEEN_PUBLISHED}' ELSE '{Event.PUBLISHED}' END,
+                                   held_hash, held_batch_id,
+                                   CASE WHEN {both} THEN strftime(source_seen_at, '{TIME_FORMAT}') END, -1
+                            {published}
                             UNION ALL
                             SELECT record_id, event_at, event, content_hash, batch_id, detail, rowid FROM events
                         )
@@ -316,7 +328,9 @@ class StagingStore:
     def mark_saved(self) -> None:
         """The state store has what `unsaved_to_csv` wrote: forget it (nothing changed meanwhile:
         the scratch is used from one thread)."""
-        self.db.execute(f"UPDATE known SET dirty = false, seen_unsaved = false WHERE {self._saving}")
+        self.db.execute(
+            f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saving}"
+        )
         self.db.execute("DELETE FROM events")
 
     def fetched_ids(self) -> list[str]:
@@ -648,16 +662,12 @@ class StagingStore:
         kinds = {kind for (kind,) in db.execute("SELECT DISTINCT kind FROM outcomes").fetchall()}
         if not kinds:
             return
-        # the version published is the one this sync saw: one trail row for both (see Event)
-        seen_too = f"o.kind = '{Outcome.HELD}' AND k.seen_unsaved AND k.source_hash = o.content_hash"
+        # a `published` event is made from its row when the row is written back (`published_unsaved`)
         db.execute(
             f"""
-            INSERT INTO events SELECT o.id, ?,
-                CASE WHEN {seen_too} THEN '{Event.SEEN_PUBLISHED}' WHEN o.kind = '{Outcome.HELD}' THEN '{Event.PUBLISHED}'
-                     ELSE o.kind END,
-                CASE WHEN o.kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(o.content_hash, 'deleted') END, o.batch_id,
-                CASE WHEN {seen_too} THEN strftime(k.source_seen_at, '{TIME_FORMAT}') ELSE o.reason END
-            FROM outcomes o LEFT JOIN known k ON k.record_id = o.id
+            INSERT INTO events SELECT id, ?, kind,
+                CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, 'deleted') END, batch_id, reason
+            FROM outcomes WHERE kind <> '{Outcome.HELD}'
             """,
             [now],
         )
@@ -673,11 +683,17 @@ class StagingStore:
                 [now],
             )
         # every row an outcome touches is `answered` (a save while publishing writes it back): a
-        # flag, not a lookup in `settled` at each save, a table that grows to the whole catalogue
+        # flag, not a lookup in `settled` at each save, a table that grows to the whole catalogue.
+        # DuckDB pays for every column an UPDATE sets, on every row (about 1 s a text column a
+        # million rows): a refusal is cleared apart, on the few rows that have one.
+        if Outcome.HELD in kinds:
+            db.execute(
+                "UPDATE known SET refused_hash = NULL, refused_reason = NULL, refused_at = NULL, refused_times = 0"
+                f" FROM outcomes o WHERE o.id = known.record_id AND o.kind = '{Outcome.HELD}'"
+                " AND known.refused_hash IS NOT NULL"
+            )
         changes = {
-            Outcome.HELD: "held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?, refused_hash = NULL,"
-                          " refused_reason = NULL, refused_at = NULL, refused_times = 0,"
-                          " seen_unsaved = seen_unsaved AND source_hash IS DISTINCT FROM o.content_hash",
+            Outcome.HELD: "held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?, published_unsaved = true",
             Outcome.REFUSED: "refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,"
                              " refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?",
             Outcome.DELETED: "held_hash = NULL, held_batch_id = NULL, held_at = NULL, deleted_batch_id = o.batch_id,"
