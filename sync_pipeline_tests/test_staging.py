@@ -153,10 +153,13 @@ def test_a_version_seen_and_published_by_one_sync_is_one_row_of_its_trail(syncs,
     from sync_pipeline.staging.store import TIME_FORMAT
 
     staging = syncs.next()
-    stage(staging, [product("a"), product("b"), product("c")])
+    stage(staging, [product("a"), product("b"), product("c"), product("d"), product("e")])
     hashes = dict(staging.db.execute("SELECT record_id, source_hash FROM known").fetchall())
-    staging.record_outcomes(Outcome.HELD, ["a"], [hashes["a"]], "b1", [None])
+    staging.record_outcomes(Outcome.HELD, ["a", "e"], [hashes["a"], hashes["e"]], "b1", [None, None])
     staging.record_outcomes(Outcome.REFUSED, ["b"], [hashes["b"]], "b1", ["too long"])
+    staging.record_outcomes(Outcome.HELD, ["d"], ["another"], "b1", [None])  # not the version seen
+    staging.fold_outcomes(LATER)
+    staging.record_outcomes(Outcome.DELETED, ["e"], ["deleted"], "b2", [None])  # before its row is saved
     staging.fold_outcomes(LATER)
 
     def trail(name: str, **save) -> list[list[str]]:
@@ -170,11 +173,16 @@ def test_a_version_seen_and_published_by_one_sync_is_one_row_of_its_trail(syncs,
         ["a", published_at, Event.SEEN_PUBLISHED, hashes["a"], "b1", seen_at],
         ["b", seen_at, Event.SEEN, hashes["b"], "", ""],
         ["b", published_at, Event.REFUSED, hashes["b"], "b1", "too long"],
+        ["d", seen_at, Event.SEEN, hashes["d"], "", ""],
+        ["d", published_at, Event.PUBLISHED, "another", "b1", ""],
+        ["e", seen_at, Event.SEEN, hashes["e"], "", ""],
+        ["e", published_at, Event.PUBLISHED, hashes["e"], "b1", ""],
+        ["e", published_at, Event.DELETED, "", "b2", ""],
     ]
     assert trail("end") == [["c", seen_at, Event.SEEN, hashes["c"], "", ""]]
-    staging.record_outcomes(Outcome.HELD, ["c"], [hashes["c"]], "b2", [None])
+    staging.record_outcomes(Outcome.HELD, ["c"], [hashes["c"]], "b3", [None])
     staging.fold_outcomes(LATER)
-    assert trail("late") == [["c", published_at, Event.PUBLISHED, hashes["c"], "b2", ""]]  # its `seen` is saved
+    assert trail("late") == [["c", published_at, Event.PUBLISHED, hashes["c"], "b3", ""]]  # its `seen` is saved
 
 
 def test_only_changed_content_is_published_again(syncs):
@@ -335,25 +343,26 @@ def test_the_scratch_and_the_state_store_agree_on_the_record_columns():
 def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     """Sorting the write-back (its rows and trail events, in key order) on two threads asked
     DuckDB for a 64 MiB block per thread: a 1M first sync failed at the 128 MB cap. Scaled
-    down: 300k rows and 600k events at a 64 MB cap, which failed the same way before."""
+    down: 300k rows and 900k events (300k of them made from the rows) at a 64 MB cap; 300k
+    rows and 600k events failed the same way before."""
     connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
     staging = StagingStore(connection)
     record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
     connection.execute(
         f"INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, held_hash, held_batch_id,"
-        f" held_at, dirty) SELECT {record_id}, md5(i::varchar), now(), 'sync-1', md5(i::varchar),"
-        f" md5((i // 1000)::varchar), now(), true FROM range(300000) t(i)"
+        f" held_at, dirty, seen_unsaved, published_unsaved) SELECT {record_id}, md5(i::varchar), now(), 'sync-1',"
+        f" md5(i::varchar), md5((i // 1000)::varchar), now(), true, true, true FROM range(300000) t(i)"
     )
-    for event in ("seen", "published"):
+    for event in ("refused", "failed"):
         connection.execute(
             f"INSERT INTO events SELECT {record_id}, now(), '{event}', md5(i::varchar), NULL, NULL FROM range(300000) t(i)"
         )
-    assert staging.unsaved_to_csv(tmp_path / "rows.csv", tmp_path / "events.csv") == (300_000, 600_000)
+    assert staging.unsaved_to_csv(tmp_path / "rows.csv", tmp_path / "events.csv") == (300_000, 900_000)
     assert staging.db.execute("SELECT current_setting('threads')").fetchall() == [(2,)]
     with (tmp_path / "events.csv").open() as events:
         next(events)
         first, second = next(events), next(events)
-    assert first.startswith("gid://shopify/Product/00000000,") and ",seen," in first and ",published," in second
+    assert first.startswith("gid://shopify/Product/00000000,") and ",seen+published," in first and ",refused," in second
     connection.close()
 
 

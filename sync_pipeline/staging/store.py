@@ -20,8 +20,9 @@ Tables:
             (see `Event`); a fold does not write a million events for a million published
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
-  events    each record's trail this sync (seen, rejected, published, refused, parked, failed,
-            gone, deleted), written to the state store with the changed rows
+  events    each record's trail this sync (rejected, refused, parked, failed, gone, deleted;
+            seen and published are made from `known`), written to the state store with the
+            changed rows
 """
 
 from __future__ import annotations
@@ -656,12 +657,23 @@ class StagingStore:
         """Apply the buffered outcomes to `known` in set operations: what the gateway now
         holds, refused (counting refusals of the same version in a row) or deleted. Each kind's
         statement runs only when the kind is among the outcomes: each is a pass over `known`,
-        the whole catalogue, and most folds hold nothing but `held`."""
+        the whole catalogue, and most folds hold nothing but `held`.
+
+        A record is sent once a sync, so it has one answer between two saves: a second `held`
+        would overwrite the row its first `published` event is made from."""
         self._flush_outcomes()
         db = self.db
         kinds = {kind for (kind,) in db.execute("SELECT DISTINCT kind FROM outcomes").fetchall()}
         if not kinds:
             return
+        if Outcome.DELETED in kinds:
+            # an unsaved `published` goes to `events` before the deletion clears what it is made of
+            before = f"published_unsaved AND record_id IN (SELECT id FROM outcomes WHERE kind = '{Outcome.DELETED}')"
+            db.execute(
+                f"INSERT INTO events SELECT record_id, held_at, '{Event.PUBLISHED}', held_hash, held_batch_id, NULL"
+                f" FROM known WHERE {before}"
+            )
+            db.execute(f"UPDATE known SET published_unsaved = false WHERE {before}")
         # a `published` event is made from its row when the row is written back (`published_unsaved`)
         db.execute(
             f"""
