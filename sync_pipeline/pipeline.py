@@ -22,13 +22,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+
 from . import jsontext
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
 from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
-from .staging import ChangedRecord, ListedIndex, Outcome, PageRows, StageCounts, StagingStore, listed_digest, to_rows
+from .staging import (
+    ChangedRecord, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digest, to_rows,
+)
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
 from .state import StateStore
 
@@ -272,20 +276,20 @@ def _stage_pages(
     The cyclic garbage collector is paused meanwhile (see `paused_gc`); parsed records hold no
     cycles, so reference counting frees each page as soon as it is staged."""
     staging, entity = scratch.staging, scratch.entity
-    rows, same_seqs, same_hashes = PageRows(), [], []
+    rows, same = PageRows(), ListedSame()
     seen = pages = loads = 0
     with paused_gc():
         for page in prefetch(source.fetch_pages(entity, window, listed=True)):
             if page.listed:
-                _sort_listed(entity, page.records, seen, index, rows, same_seqs, same_hashes)
+                _sort_listed(entity, page.records, seen, index, rows, same)
             else:
                 to_rows(entity, page.records, seen, rows)
             seen += len(page.records)
             pages += 1
-            if len(rows) + len(same_seqs) >= chunk_rows:
+            if len(rows) + len(same) >= chunk_rows:
                 staging.load_rows(rows)
-                staging.load_listed(same_seqs, same_hashes)
-                rows, same_seqs, same_hashes = PageRows(), [], []
+                staging.load_listed(same)
+                rows, same = PageRows(), ListedSame()
                 loads += 1
                 if loads % 4 == 0:
                     collect_young()
@@ -294,27 +298,26 @@ def _stage_pages(
             if progress:
                 progress(ProgressEvent("fetching", pages=pages, records=seen, seconds=time.monotonic() - started))
     staging.load_rows(rows)
-    staging.load_listed(same_seqs, same_hashes)
+    staging.load_listed(same)
     return seen, pages
 
 
 def _sort_listed(
-    entity: EntityType, raws: list, first_seq: int, index: ListedIndex | None, rows: PageRows,
-    same_seqs: list[int], same_hashes: list[str],
+    entity: EntityType, raws: list, first_seq: int, index: ListedIndex | None, rows: PageRows, same: ListedSame
 ) -> None:
     """Hash each listed record's bytes; note those `index` holds (listed as the gateway holds
-    them) by sequence and hash, and parse, validate and append the rest to `rows`."""
+    them) in `same`, by sequence and digest, as arrays; parse, validate and append the rest to
+    `rows`."""
     digests = [listed_digest(raw) for raw in raws]
-    same = index.contains(b"".join(digests)).tolist() if index is not None else [False] * len(raws)
+    joined = b"".join(digests)
+    held = index.contains(joined) if index is not None else np.zeros(len(raws), dtype=bool)
+    if held.any():
+        same.add(first_seq + np.flatnonzero(held), np.frombuffer(joined, dtype=np.uint8).reshape(-1, 16)[held].tobytes())
     seqs, records, hashes = [], [], []
-    for offset, (raw, digest, unchanged) in enumerate(zip(raws, digests, same)):
-        if unchanged:
-            same_seqs.append(first_seq + offset)
-            same_hashes.append(digest.hex())
-        else:
-            seqs.append(first_seq + offset)
-            records.append(jsontext.loads(raw))
-            hashes.append(digest.hex())
+    for offset in np.flatnonzero(~held).tolist():
+        seqs.append(first_seq + offset)
+        records.append(jsontext.loads(raws[offset]))
+        hashes.append(digests[offset].hex())
     to_rows(entity, records, first_seq, rows, seqs=seqs, listed=hashes)
 
 

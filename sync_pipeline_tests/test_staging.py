@@ -5,6 +5,7 @@ from the previous one's written-back rows, as a real run starts from the state s
 import json
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 from sync_pipeline.domain import EntityType
@@ -379,13 +380,14 @@ def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsi
     def stage_listed(staging, raws: list[bytes], index=None):
         """The page loop's own step: records the index holds are noted by hash, the rest parsed."""
         from sync_pipeline.pipeline import _sort_listed
-        from sync_pipeline.staging import PageRows
+        from sync_pipeline.staging import ListedSame, PageRows
 
-        rows, same_seqs, same_hashes = PageRows(), [], []
-        _sort_listed(EntityType.PRODUCT, raws, 0, index, rows, same_seqs, same_hashes)
+        rows, listed = PageRows(), ListedSame()
+        _sort_listed(EntityType.PRODUCT, raws, 0, index, rows, listed)
         staging.load_rows(rows)
-        staging.load_listed(same_seqs, same_hashes)
-        same = [seq in same_seqs for seq in range(len(raws))]
+        staging.load_listed(listed)
+        seqs = set(np.concatenate(listed.seqs).tolist()) if listed.seqs else set()
+        same = [seq in seqs for seq in range(len(raws))]
         return same, staging.stage_listed(), staging.stage_fetched("s", now=NOW)
 
     first = [orjson.dumps(product(name)) for name in ("a", "b", "c", "d")]

@@ -103,7 +103,7 @@ FETCHED_SCHEMA = pa.schema(
         ("listed_hash", pa.string()),
     ]
 )
-LISTED = pa.schema([("seq", pa.int64()), ("listed_hash", pa.string())])
+LISTED = pa.schema([("seq", pa.int64()), ("digest", pa.binary(16))])
 
 OUTCOMES_FLUSH_ROWS = 20_000
 # changed records sorted (and held in memory, JSON and all) at a time before publishing: at 1M
@@ -149,6 +149,34 @@ class ListedIndex:
             at = np.minimum(first + step, last)
             found |= (first + step < end) & (self.high[at] == high) & (self.low[at] == low)
         return found
+
+
+class ListedSame:
+    """Records listed as the gateway holds them, gathered page by page for one bulk load into
+    `listed`: their fetch sequences and md5 digests as arrays, no Python object per record (a
+    full re-sync of a million records gathers a million)."""
+
+    def __init__(self) -> None:
+        self.seqs: list[np.ndarray] = []
+        self.digests: list[bytes] = []  # 16 bytes a record, one after the other
+        self.count = 0
+
+    def add(self, seqs: np.ndarray, digests: bytes) -> None:
+        if len(seqs):
+            self.seqs.append(seqs)
+            self.digests.append(digests)
+            self.count += len(seqs)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def table(self) -> pa.Table:
+        digests = b"".join(self.digests)
+        return pa.Table.from_arrays(
+            [pa.array(np.concatenate(self.seqs), pa.int64()),
+             pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), self.count, [None, pa.py_buffer(digests)])],
+            schema=LISTED,
+        )
 
 
 class Outcome:
@@ -370,12 +398,12 @@ class StagingStore:
             self.db.unregister("incoming_chunk")
 
     # --- records listed as the gateway holds them ------------------------------------------
-    def load_listed(self, seqs: list[int], hashes: list[str]) -> None:
+    def load_listed(self, same: ListedSame) -> None:
         """Note records listed as the gateway holds them (see `ListedIndex`), by fetch sequence."""
-        if seqs:
-            self.db.register("listed_chunk", pa.Table.from_pydict({"seq": seqs, "listed_hash": hashes}, schema=LISTED))
+        if len(same):
+            self.db.register("listed_chunk", same.table())
             try:
-                self.db.execute("INSERT INTO listed SELECT * FROM listed_chunk")
+                self.db.execute("INSERT INTO listed SELECT seq, lower(hex(digest)) FROM listed_chunk")
             finally:
                 self.db.unregister("listed_chunk")
 
