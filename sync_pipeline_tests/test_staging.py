@@ -367,6 +367,37 @@ def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     connection.close()
 
 
+@pytest.mark.parametrize("change", ["listed as other bytes", "new content"])
+def test_a_full_sync_that_finds_every_record_changed_fits_the_memory_cap(tmp_path, change):
+    """A full sync that lists every record as other bytes (as the first after LISTED_RULES
+    changes does) or with new content updates every known row. As one UPDATE, a 1M full sync
+    ran out of the 128 MB cap (DuckDB holds what an UPDATE changed until it commits); scaled
+    down: 300k rows at a 64 MB cap failed the same way."""
+    connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
+    staging = StagingStore(connection)
+    record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+    connection.execute(
+        f"INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, held_hash,"
+        f" held_batch_id, held_at, refused_times, pending) SELECT {record_id}, md5(i::varchar), md5('l' || i::varchar),"
+        f" now(), 'sync-1', md5(i::varchar), md5((i // 1000)::varchar), now(), 0, 0 FROM range(300000) t(i)"
+    )
+    content = "md5(i::varchar)" if change == "listed as other bytes" else "md5('new' || i::varchar)"
+    connection.execute(
+        f"INSERT INTO fetched SELECT i, {record_id}, now(), NULL, NULL, {content}, md5('m' || i::varchar)"
+        " FROM range(300000) t(i)"
+    )
+    counts = staging.stage_fetched("s2", now=NOW)
+    assert (counts.unique, counts.valid) == (300_000, 300_000)
+    [(listed, sources, owed, dirty)] = connection.execute(
+        "SELECT count(*) FILTER (WHERE listed_hash = md5('m' || substr(record_id, 23)::int::varchar)),"
+        " count(*) FILTER (WHERE source_sync_id = 's2'), count(*) FILTER (WHERE pending = 1),"
+        " count(*) FILTER (WHERE dirty) FROM known"
+    ).fetchall()
+    assert (listed, dirty) == (300_000, 300_000)  # every row, in every part
+    assert (sources, owed) == ((0, 0) if change == "listed as other bytes" else (300_000, 300_000))
+    connection.close()
+
+
 def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsing_it(syncs):
     import orjson
 

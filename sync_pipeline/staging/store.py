@@ -109,10 +109,13 @@ OUTCOMES_FLUSH_ROWS = 20_000
 # changed records sorted (and held in memory, JSON and all) at a time before publishing: at 1M
 # products, slices of 20,000 put 25 MiB more on a first sync's peak and were no faster
 SLICE_ROWS = 5_000
+# known rows one UPDATE changes at most: DuckDB keeps what an UPDATE changed in memory until it
+# commits, and a million at once do not fit the scratch's cap
+UPDATE_PART_ROWS = 100_000
 
 
 class ListedIndex:
-    """Hashes of listed bytes (md5, as two 64-bit halves), looked up a page at a time.
+    """Hashes of listed bytes (16-byte digests, as two 64-bit halves), looked up a page at a time.
 
     Sorted, and cut into about as many buckets as hashes by their leading bits, so a lookup
     reads its bucket's few entries instead of binary-searching the whole array (which, at a
@@ -128,7 +131,7 @@ class ListedIndex:
 
     @classmethod
     def of(cls, digests: bytes | bytearray) -> ListedIndex | None:
-        """The index of these md5 digests (16 bytes each, one after the other), or None when none."""
+        """The index of these digests (16 bytes each, one after the other), or None when none."""
         if not digests:
             return None
         halves = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
@@ -138,7 +141,7 @@ class ListedIndex:
         return len(self.high)
 
     def contains(self, digests: bytes) -> np.ndarray:
-        """For each 16-byte md5 digest in `digests` (concatenated), whether it is in the index."""
+        """For each 16-byte digest in `digests` (concatenated), whether it is in the index."""
         pairs = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         high, low = pairs[:, 0], pairs[:, 1]
         bucket = (high >> self.shift).astype(np.int64)
@@ -153,7 +156,7 @@ class ListedIndex:
 
 class ListedSame:
     """Records listed as the gateway holds them, gathered page by page for one bulk load into
-    `listed`: their fetch sequences and md5 digests as arrays, no Python object per record (a
+    `listed`: their fetch sequences and 16-byte digests as arrays, no Python object per record (a
     full re-sync of a million records gathers a million)."""
 
     def __init__(self) -> None:
@@ -465,7 +468,7 @@ class StagingStore:
             f"""
             CREATE TEMP TABLE changes AS
             SELECT f.id, f.content_hash, f.updated_at, f.reason, f.listed_hash, k.record_id IS NULL AS is_new,
-                   NOT {changed} AS listed_only
+                   NOT {changed} AS listed_only, (row_number() OVER ()) // {UPDATE_PART_ROWS} AS part
             FROM fetched f LEFT JOIN known k ON k.record_id = f.id
             WHERE f.id IS NOT NULL AND (
                 {changed}
@@ -494,28 +497,33 @@ class StagingStore:
             """,
             [sync_id, now, now],
         )
-        db.execute(
-            """
-            UPDATE known SET source_hash = c.content_hash, listed_hash = c.listed_hash, source_updated_at = c.updated_at,
-                source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL, rejected_at = NULL,
-                gone_at = NULL, dirty = true, seen_unsaved = true
-            FROM changes c
-            WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NULL AND NOT c.listed_only
-            """,
-            [sync_id, now],
-        )
-        db.execute(
-            """
-            UPDATE known SET rejected_reason = c.reason, rejected_at = ?, gone_at = NULL, dirty = true
-            FROM changes c
-            WHERE c.id = known.record_id AND NOT c.is_new AND c.reason IS NOT NULL
-            """,
-            [now],
-        )
-        db.execute(
-            "UPDATE known SET listed_hash = c.listed_hash, dirty = true FROM changes c"
-            " WHERE c.id = known.record_id AND c.listed_only"
-        )
+        # Known rows are updated a part of the changes at a time: DuckDB holds what an UPDATE
+        # changed in memory until it commits, and a million rows changed at once (every record
+        # of a full sync listed as other bytes, say) would not fit its cap.
+        for part in range(self._scalar("SELECT coalesce(max(part) + 1, 0) FROM changes WHERE NOT is_new")):
+            db.execute(
+                """
+                UPDATE known SET source_hash = c.content_hash, listed_hash = c.listed_hash,
+                    source_updated_at = c.updated_at, source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL,
+                    rejected_at = NULL, gone_at = NULL, dirty = true, seen_unsaved = true
+                FROM changes c
+                WHERE c.id = known.record_id AND c.part = ? AND NOT c.is_new AND c.reason IS NULL AND NOT c.listed_only
+                """,
+                [sync_id, now, part],
+            )
+            db.execute(
+                """
+                UPDATE known SET rejected_reason = c.reason, rejected_at = ?, gone_at = NULL, dirty = true
+                FROM changes c
+                WHERE c.id = known.record_id AND c.part = ? AND NOT c.is_new AND c.reason IS NOT NULL
+                """,
+                [now, part],
+            )
+            db.execute(
+                "UPDATE known SET listed_hash = c.listed_hash, dirty = true FROM changes c"
+                " WHERE c.id = known.record_id AND c.part = ? AND c.listed_only",
+                [part],
+            )
         self._settle_pending()
         [(unique, valid)] = db.execute(
             "SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM fetched"
