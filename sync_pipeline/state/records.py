@@ -153,7 +153,7 @@ def _sqlite_export_ndjson(conn: sa.Connection, merchant: str, entity: EntityType
 
 def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> bytearray:
     """The listed hashes of the records of (merchant, entity) that UNCHANGED_IF_LISTED_SAME holds
-    for, as md5 digests of 16 bytes each, one after the other. Read in chunks by key, each as one
+    for, as digests of 16 bytes each, one after the other. Read in chunks by key, each as one
     string the database concatenates: a million of them as Python strings would take about
     100 MB at once, and a row at a time the interpreter's time."""
     concat = "group_concat({}, '')" if engine.dialect.name == "sqlite" else "string_agg({}, '')"

@@ -101,8 +101,8 @@ records = sa.Table(
     sa.Column("record_id", sa.Text, primary_key=True),
     # the source: the last valid version seen (hash of its JSON, its updatedAt, the sync that fetched it)
     sa.Column("source_hash", sa.String(32)),
-    # the bytes the source listed that version as (md5, with the rules version): a later full
-    # sync that lists the same bytes knows the record unchanged without parsing it
+    # the bytes the source listed that version as (a 16-byte BLAKE2b in hex, keyed with the rules
+    # version): a later full sync that lists the same bytes knows the record unchanged unparsed
     sa.Column("listed_hash", sa.String(32)),
     sa.Column("source_updated_at", sa.DateTime(timezone=True)),
     sa.Column("source_sync_id", sa.String(64)),
