@@ -398,6 +398,27 @@ def test_a_full_sync_that_finds_every_record_changed_fits_the_memory_cap(tmp_pat
     connection.close()
 
 
+def test_a_full_sync_that_finds_every_record_changed_lists_its_changes_within_the_memory_cap(tmp_path):
+    """The changes are listed in fetch order before publishing. Sorted in one statement, those
+    of a 1M full re-sync that found every record changed did not fit the 128 MB cap; scaled
+    down: 500k at a 64 MB cap failed the same way."""
+    connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
+    staging = StagingStore(connection)
+    record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+    connection.execute(
+        f"INSERT INTO known (record_id, source_hash, held_hash, refused_times, pending)"
+        f" SELECT {record_id}, md5('new' || i::varchar), md5(i::varchar), 0, {PENDING_PUBLISH} FROM range(500000) t(i)"
+    )
+    connection.execute(  # fetched in the reverse order of the ids
+        f"INSERT INTO fetched SELECT 499999 - i, {record_id}, now(), '{{}}', NULL, md5('new' || i::varchar), NULL"
+        " FROM range(500000) t(i)"
+    )
+    ids = [record.id for chunk in staging.changed_since_publish(10_000) for record in chunk]
+    assert len(set(ids)) == 500_000
+    assert int(ids[0][-8:]) > 490_000 and int(ids[-1][-8:]) < 10_000  # in fetch order, slice by slice
+    connection.close()
+
+
 def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsing_it(syncs):
     import orjson
 

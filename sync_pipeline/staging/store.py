@@ -602,15 +602,24 @@ class StagingStore:
         The order makes batches the same after a crash (same listing, same content, same
         idempotency keys). Sorting the whole catalogue's JSON at once would not fit DuckDB's
         memory cap, so the changes are first listed narrow (fetch sequence, id, hashes; no JSON)
-        in one join, in fetch order; that list is cut into slices of about SLICE_ROWS by
-        quantiles of the sequence, and each slice takes its JSON from `fetched` by sequence and
-        is sorted and read in turn. Both tables are stored in fetch order, so DuckDB's zone maps
-        let each slice read its own rows only: the catalogue is joined once and its JSON read
-        once, not once a slice.
+        in fetch order, a range of sequences at a time; that list is cut into slices of about
+        SLICE_ROWS by quantiles of the sequence, and each slice takes its JSON from `fetched` by
+        sequence and is sorted and read in turn. Both tables are stored in fetch order, so
+        DuckDB's zone maps let each slice read its own rows only: the catalogue is joined once
+        and its JSON read once, not once a slice.
         """
         db = self.db
         db.execute("DROP TABLE IF EXISTS to_publish")
-        db.execute(f"CREATE TEMP TABLE to_publish AS SELECT f.seq, f.content_hash, k.held_hash {_CHANGED_FROM} ORDER BY f.seq")
+        db.execute("CREATE TEMP TABLE to_publish (seq BIGINT, content_hash VARCHAR, held_hash VARCHAR)")
+        # listed a range of fetch sequences at a time: a million changes sorted at once do not
+        # fit the memory cap (a full re-sync that finds every record changed failed so at 1M)
+        [(first, last)] = db.execute("SELECT min(seq), max(seq) FROM fetched").fetchall()
+        for low in range(first, last + 1, UPDATE_PART_ROWS) if first is not None else ():
+            db.execute(
+                f"INSERT INTO to_publish SELECT f.seq, f.content_hash, k.held_hash {_CHANGED_FROM}"
+                " AND f.seq >= ? AND f.seq < ? ORDER BY f.seq",
+                [low, low + UPDATE_PART_ROWS],
+            )
         changed = self._scalar("SELECT count(*) FROM to_publish")
         slices = max(1, -(-changed // SLICE_ROWS))
         bounds: list[int] = []
