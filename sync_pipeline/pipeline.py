@@ -287,12 +287,13 @@ def _stage_pages(
     with paused_gc():
         for page in prefetch(source.fetch_pages(entity, window, listed=True)):
             if page.listed:
-                listed_from = listed_from if listed else seen
+                if not listed:
+                    listed_from = seen
                 listed += page.records
-            elif listed:
-                _sort_listed(entity, listed, listed_from, index, rows, same)
-                listed = []
-            if not page.listed:
+            else:
+                if listed:  # the records waiting are numbered in one run, from `listed_from`
+                    _sort_listed(entity, listed, listed_from, index, rows, same)
+                    listed = []
                 to_rows(entity, page.records, seen, rows)
             seen += len(page.records)
             pages += 1
