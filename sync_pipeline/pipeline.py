@@ -77,9 +77,9 @@ class SyncScratch:
         return self.load_exported(*self.export_known(**which))
 
     def export_known(self, **which) -> tuple[Path, int]:
-        """Write this (merchant, type)'s rows to a file of the scratch (from any thread): all of
-        them in the format the state store exports fastest, some (by id) as CSV."""
-        path = self._file("known", ".csv" if which else self.state.export_suffix)
+        """Write this (merchant, type)'s rows (all, or some by id) to a CSV file of the scratch
+        (from any thread)."""
+        path = self._file("known")
         return path, self.state.export_records(self.entity, path, merchant=self.merchant, **which)
 
     def load_exported(self, path: Path, count: int) -> int:

@@ -28,7 +28,6 @@ Tables:
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ..state.records import NDJSON, UNCHANGED_IF_LISTED_SAME
+from ..state.records import UNCHANGED_IF_LISTED_SAME
 from .records import PageRows
 
 PENDING_PUBLISH, PENDING_DELETE = 1, 2
@@ -112,6 +111,9 @@ SLICE_ROWS = 5_000
 # known rows one UPDATE changes at most: DuckDB keeps what an UPDATE changed in memory until it
 # commits, and a million at once do not fit the scratch's cap
 UPDATE_PART_ROWS = 100_000
+# DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
+# cap cannot give; a state store row is a few hundred bytes
+CSV_BUFFER_BYTES = 4 << 20
 
 
 class ListedIndex:
@@ -239,7 +241,7 @@ class PublishCheck:
     orphans: int  # full syncs: held but no longer listed, and not deleted
 
 
-def connect_scratch(path: Path, *, memory_limit: str = "128MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+def connect_scratch(path: Path, *, memory_limit: str = "64MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
     """A DuckDB file for one run. DuckDB would otherwise take 80 % of the machine's memory as
     cache; it spills to disk beyond `memory_limit` instead, so memory stays flat in catalogue size."""
     return duckdb.connect(
@@ -271,23 +273,16 @@ class StagingStore:
     # --- what the state store knows ------------------------------------------------------
     def load_known(self, path: Path) -> None:
         """Add the state store's rows: a CSV file whose header names some of the KNOWN_COLUMNS
-        (those the diff reads; the others stay null here, and the state store keeps them), or
-        a file of JSON lines (`.ndjson`) with those keys."""
-        if path.suffix == NDJSON:
-            with path.open(encoding="utf-8") as source:
-                first = source.readline()
-            if not first:
-                return
-            columns = {name: KNOWN_COLUMNS[name] for name in json.loads(first)}
-            reader = f"read_json(?, format = 'newline_delimited', columns = {columns!r})"
-        else:
-            with path.open(newline="") as source:
-                names = next(csv.reader(source))
-            columns = {name: KNOWN_COLUMNS[name] for name in names}
-            reader = (
-                "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
-                f" new_line = '\\n', nullstr = '', columns = {columns!r})"
-            )
+        (those the diff reads; the others stay null here, and the state store keeps them)."""
+        with path.open(newline="") as source:
+            names = next(csv.reader(source), None)
+        if not names:
+            return
+        columns = {name: KNOWN_COLUMNS[name] for name in names}
+        reader = (
+            "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
+            f" new_line = '\\n', nullstr = '', columns = {columns!r}, buffer_size = {CSV_BUFFER_BYTES})"
+        )
         self.db.execute(f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
 
     def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:

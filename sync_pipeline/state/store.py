@@ -140,11 +140,6 @@ class StateStore:
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
-    @property
-    def export_suffix(self) -> str:
-        """The format `export_records` writes all of a merchant's rows in fastest (a file suffix)."""
-        return records.export_suffix(self.engine)
-
     def dispose(self) -> None:
         self.engine.dispose()
 
