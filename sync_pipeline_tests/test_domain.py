@@ -56,3 +56,12 @@ def test_historic_needs_an_ordered_past_range():
 
 def test_full_ignores_the_watermark():
     assert resolve_window(SyncMode.FULL, now=NOW, watermark=NOW - HOUR) == (SyncMode.FULL, Window(None, NOW))
+
+
+def test_a_sync_process_keeps_two_malloc_arenas_unless_the_operator_chose(monkeypatch):
+    from sync_pipeline.memory import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is True  # glibc, as on every machine this runs on
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # glibc read it at start; left as the operator set it

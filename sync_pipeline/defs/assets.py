@@ -17,6 +17,7 @@ import dagster as dg
 from ..domain import EntityType, SyncMode, SyncStatus, Window, parse_time
 from .. import progress
 from ..errors import EntityBusy, status_for
+from ..memory import limit_malloc_arenas
 from ..progress import ProgressEvent
 from ..pipeline import PublishResult, StageResult, SyncScratch, adopt_legacy_holdings, fetch_and_stage, publish_changes
 from ..settings import data_dir, duckdb_settings, record_policy, scratch_path
@@ -202,6 +203,7 @@ def build_sync_assets(entity: EntityType) -> dg.AssetsDefinition:
             f"sync {sync.sync_id}: {sync.mode.value} {entity.value} sync of merchant {sync.merchant_id},"
             f" {_describe(sync.window)}"
         )
+        limit_malloc_arenas()  # before the threads that fetch and publish start
         try:  # whatever goes wrong from here on closes the sync with its reason
             connection = state_store.registry().connection(sync.merchant_id)
             with sync_scratch(state, sync) as scratch:
