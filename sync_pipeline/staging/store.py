@@ -108,8 +108,9 @@ OUTCOMES_FLUSH_ROWS = 20_000
 # changed records sorted (and held in memory, JSON and all) at a time before publishing: at 1M
 # products, slices of 20,000 put 25 MiB more on a first sync's peak and were no faster
 SLICE_ROWS = 5_000
-# known rows one UPDATE changes at most: DuckDB keeps what an UPDATE changed in memory until it
-# commits, and a million at once do not fit the scratch's cap
+# known rows one UPDATE changes at most, and fetch sequences whose changes are listed (and
+# sorted) by one statement before publishing: DuckDB keeps what an UPDATE changed in memory until
+# it commits, and a million rows at once, changed or sorted, did not fit the scratch's cap
 UPDATE_PART_ROWS = 100_000
 # DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
 # cap cannot give; a state store row is a few hundred bytes
@@ -117,7 +118,8 @@ CSV_BUFFER_BYTES = 4 << 20
 
 
 class ListedIndex:
-    """Hashes of listed bytes (16-byte digests, as two 64-bit halves), looked up a page at a time.
+    """Hashes of listed bytes (16-byte digests, as two 64-bit halves), looked up a few thousand
+    at a time.
 
     Sorted, and cut into about as many buckets as hashes by their leading bits, so a lookup
     reads its bucket's few entries instead of binary-searching the whole array (which, at a
@@ -157,9 +159,9 @@ class ListedIndex:
 
 
 class ListedSame:
-    """Records listed as the gateway holds them, gathered page by page for one bulk load into
-    `listed`: their fetch sequences and 16-byte digests as arrays, no Python object per record (a
-    full re-sync of a million records gathers a million)."""
+    """Records listed as the gateway holds them, gathered for one bulk load into `listed` (of up
+    to `pipeline.LISTED_CHUNK_ROWS`): their fetch sequences and 16-byte digests as arrays, no
+    Python object per record (a full re-sync of a million records gathers a million)."""
 
     def __init__(self) -> None:
         self.seqs: list[np.ndarray] = []
@@ -463,7 +465,7 @@ class StagingStore:
             f"""
             CREATE TEMP TABLE changes AS
             SELECT f.id, f.content_hash, f.updated_at, f.reason, f.listed_hash, k.record_id IS NULL AS is_new,
-                   NOT {changed} AS listed_only, (row_number() OVER ()) // {UPDATE_PART_ROWS} AS part
+                   NOT {changed} AS listed_only, (row_number() OVER () - 1) // {UPDATE_PART_ROWS} AS part
             FROM fetched f LEFT JOIN known k ON k.record_id = f.id
             WHERE f.id IS NOT NULL AND (
                 {changed}
@@ -596,12 +598,12 @@ class StagingStore:
 
         The order makes batches the same after a crash (same listing, same content, same
         idempotency keys). Sorting the whole catalogue's JSON at once would not fit DuckDB's
-        memory cap, so the changes are first listed narrow (fetch sequence, id, hashes; no JSON)
-        in fetch order, a range of sequences at a time; that list is cut into slices of about
-        SLICE_ROWS by quantiles of the sequence, and each slice takes its JSON from `fetched` by
-        sequence and is sorted and read in turn. Both tables are stored in fetch order, so
-        DuckDB's zone maps let each slice read its own rows only: the catalogue is joined once
-        and its JSON read once, not once a slice.
+        memory cap, so the changes are first listed narrow (fetch sequence and hashes; no JSON)
+        in fetch order, UPDATE_PART_ROWS sequences at a time; that list is cut into slices of
+        about SLICE_ROWS by quantiles of the sequence, and each slice takes its JSON from
+        `fetched` by sequence and is sorted and read in turn. The parsed rows of `fetched` (the
+        only ones with JSON to send) and `to_publish` are stored in fetch order, so DuckDB's zone
+        maps let each slice read its own rows only: the JSON is read once, not once a slice.
         """
         db = self.db
         db.execute("DROP TABLE IF EXISTS to_publish")

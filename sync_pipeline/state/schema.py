@@ -103,6 +103,7 @@ records = sa.Table(
     sa.Column("source_hash", sa.String(32)),
     # the bytes the source listed that version as (a 16-byte BLAKE2b in hex, keyed with the rules
     # version): a later full sync that lists the same bytes knows the record unchanged unparsed
+    # (an older release's md5 under rules 1 never matches: such a record is parsed once more)
     sa.Column("listed_hash", sa.String(32)),
     sa.Column("source_updated_at", sa.DateTime(timezone=True)),
     sa.Column("source_sync_id", sa.String(64)),
