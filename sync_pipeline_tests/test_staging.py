@@ -341,14 +341,23 @@ def test_the_scratch_and_the_state_store_agree_on_the_record_columns():
     assert list(KNOWN_COLUMNS) == COLUMNS  # the CSV files between them are matched by position
 
 
+# The id of the i-th of many records made in SQL, for the tests of large syncs under a small cap.
+RECORD_ID = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+
+
+def capped_scratch(tmp_path) -> StagingStore:
+    """A scratch under a 64 MB cap on two threads: a test's few hundred thousand rows stand for
+    the million a real sync has under its cap."""
+    return StagingStore(connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2))
+
+
 def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     """Sorting the write-back (its rows and trail events, in key order) on two threads asked
     DuckDB for a 64 MiB block per thread: a 1M first sync failed at the 128 MB cap. Scaled
     down: 300k rows and 900k events (300k of them made from the rows) at a 64 MB cap; 300k
     rows and 600k events failed the same way before."""
-    connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
-    staging = StagingStore(connection)
-    record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+    staging = capped_scratch(tmp_path)
+    connection, record_id = staging.db, RECORD_ID
     connection.execute(
         f"INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, held_hash, held_batch_id,"
         f" held_at, dirty, seen_unsaved, published_unsaved) SELECT {record_id}, md5(i::varchar), now(), 'sync-1',"
@@ -373,9 +382,8 @@ def test_a_full_sync_that_finds_every_record_changed_fits_the_memory_cap(tmp_pat
     changes does) or with new content updates every known row. As one UPDATE, a 1M full sync
     ran out of the 128 MB cap (DuckDB holds what an UPDATE changed until it commits); scaled
     down: 300k rows at a 64 MB cap failed the same way."""
-    connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
-    staging = StagingStore(connection)
-    record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+    staging = capped_scratch(tmp_path)
+    connection, record_id = staging.db, RECORD_ID
     connection.execute(
         f"INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, held_hash,"
         f" held_batch_id, held_at, refused_times, pending) SELECT {record_id}, md5(i::varchar), md5('l' || i::varchar),"
@@ -402,9 +410,8 @@ def test_a_full_sync_that_finds_every_record_changed_lists_its_changes_within_th
     """The changes are listed in fetch order before publishing. Sorted in one statement, those
     of a 1M full re-sync that found every record changed did not fit the 128 MB cap; scaled
     down: 500k at a 64 MB cap failed the same way."""
-    connection = connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2)
-    staging = StagingStore(connection)
-    record_id = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
+    staging = capped_scratch(tmp_path)
+    connection, record_id = staging.db, RECORD_ID
     connection.execute(
         f"INSERT INTO known (record_id, source_hash, held_hash, refused_times, pending)"
         f" SELECT {record_id}, md5('new' || i::varchar), md5(i::varchar), 0, {PENDING_PUBLISH} FROM range(500000) t(i)"
