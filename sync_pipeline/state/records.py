@@ -123,16 +123,20 @@ def _concatenated_chunks(
 
 
 def _csv_field(name: str) -> str:
-    """SQL for one CSV field of a column: empty for null; quoted (a quote doubled) for the text
-    that comes from the source (ids, rejection reasons). The rest is written by the pipeline
-    alone, hex hashes, times and integers, with no comma, quote or line break to escape (quoting
-    every column made SQLite's export 30 % slower)."""
+    """SQL for one CSV field of a column (null stays null: `printf` writes it empty): quoted, a
+    quote doubled, for the text that comes from the source (ids, rejection reasons). The rest
+    is written by the pipeline alone, hex hashes, times and integers, with no comma, quote or
+    line break to escape (quoting every column made SQLite's export 30 % slower)."""
     if name in ("record_id", "rejected_reason"):
-        return f"""ifnull('"' || replace({name}, '"', '""') || '"', '')"""
-    return f"ifnull({name}, '')"
+        return f"""'"' || replace({name}, '"', '""') || '"'"""
+    return name
 
 
-_SQLITE_CSV_LINE = " || ',' || ".join(_csv_field(name) for name in DIFF_COLUMNS)
+# One printf a row, the same text as joining its fields with `||` and `ifnull`, in about two
+# thirds of the CPU (a million rows exported: 3.3-4.6 s against 5.1-7.4 s).
+_SQLITE_CSV_LINE = (
+    f"printf('{','.join('%s' for _ in DIFF_COLUMNS)}', {', '.join(_csv_field(name) for name in DIFF_COLUMNS)})"
+)
 
 
 def listed_digests(engine: sa.Engine, merchant: str, entity: EntityType) -> bytearray:
