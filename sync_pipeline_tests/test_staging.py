@@ -2,7 +2,6 @@
 holds, what is owed across syncs, deletions. Each `Sync` here is a fresh scratch that starts
 from the previous one's written-back rows, as a real run starts from the state store."""
 
-import csv
 import json
 from datetime import datetime, timezone
 
@@ -11,7 +10,7 @@ import pytest
 
 from sync_pipeline.domain import EntityType
 from sync_pipeline.staging import Outcome, StagingStore, connect_scratch, to_rows
-from sync_pipeline.staging.store import KNOWN_COLUMNS, PENDING_DELETE, PENDING_PUBLISH, Event
+from sync_pipeline.staging.store import PENDING_DELETE, PENDING_PUBLISH, Event
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 LATER = datetime(2026, 3, 1, 0, 0, 5, 250_000, tzinfo=timezone.utc)
@@ -32,7 +31,7 @@ class Syncs:
 
     def next(self) -> StagingStore:
         if self.connection is not None:
-            self.connection.execute(f"COPY (SELECT {', '.join(KNOWN_COLUMNS)} FROM known) TO '{self.state}' (HEADER)")
+            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered, seen_unsaved, published_unsaved) FROM known) TO '{self.state}' (HEADER)")
             self.connection.close()
         self.number += 1
         self.connection = connect_scratch(self.tmp_path / f"scratch-{self.number}.duckdb")
@@ -100,29 +99,6 @@ def test_nothing_is_published_twice(syncs):
     staging = syncs.next()
     stage(staging, [product("a"), product("b")], sync_id="s2")
     assert staging.count_changed() == 0
-
-
-def test_what_the_gateway_holds_survives_a_new_version_seen_after_it_answered(syncs, tmp_path):
-    """An answer that the gateway holds the version seen sets a flag (KNOWN_HELD_HASH): the hash
-    it stands for must not move with the next version seen, and a version other than the one
-    seen is held by its own hash. Both reach the state store as `held_hash`."""
-    staging = syncs.next()
-    stage(staging, [product("a"), product("b")])
-    assert publish_all(staging) == ["a", "b"]
-    held = dict(staging.db.execute("SELECT record_id, held_hash FROM known").fetchall())
-    assert held == dict(staging.db.execute("SELECT record_id, source_hash FROM known").fetchall())
-    staging.load_rows(to_rows(EntityType.PRODUCT, [product("a", "2026-03-02T00:00:00Z", title="New")], first_seq=2))
-    staging.stage_fetched("s1", now=NOW)
-    [(source, held_now)] = staging.db.execute("SELECT source_hash, held_hash FROM known WHERE record_id = 'a'").fetchall()
-    assert held_now == held["a"] != source and pending(staging) == {"a": PENDING_PUBLISH}
-    staging.record_outcomes(Outcome.HELD, ["b"], ["another version"], "b2", [None])
-    staging.fold_outcomes(NOW)
-    assert staging.db.execute("SELECT held_hash FROM known WHERE record_id = 'b'").fetchall() == [("another version",)]
-    assert pending(staging) == {"a": PENDING_PUBLISH, "b": PENDING_PUBLISH}
-    rows, _ = staging.unsaved_to_csv(tmp_path / "rows.csv", tmp_path / "events.csv")
-    with (tmp_path / "rows.csv").open() as written:
-        back = {row["record_id"]: row["held_hash"] for row in csv.DictReader(written)}
-    assert rows == 2 and back == {"a": held["a"], "b": "another version"}
 
 
 def test_an_unchanged_listing_writes_nothing_back(syncs, tmp_path):
@@ -359,6 +335,7 @@ def test_an_updated_at_without_an_offset_is_utc_in_duckdb_as_in_python(syncs):
 
 
 def test_the_scratch_and_the_state_store_agree_on_the_record_columns():
+    from sync_pipeline.staging.store import KNOWN_COLUMNS
     from sync_pipeline.state.records import COLUMNS
 
     assert list(KNOWN_COLUMNS) == COLUMNS  # the CSV files between them are matched by position
@@ -382,7 +359,7 @@ def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     staging = capped_scratch(tmp_path)
     connection, record_id = staging.db, RECORD_ID
     connection.execute(
-        f"INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, held_other, held_batch_id,"
+        f"INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, held_hash, held_batch_id,"
         f" held_at, dirty, seen_unsaved, published_unsaved) SELECT {record_id}, md5(i::varchar), now(), 'sync-1',"
         f" md5(i::varchar), md5((i // 1000)::varchar), now(), true, true, true FROM range(300000) t(i)"
     )
@@ -408,7 +385,7 @@ def test_a_full_sync_that_finds_every_record_changed_fits_the_memory_cap(tmp_pat
     staging = capped_scratch(tmp_path)
     connection, record_id = staging.db, RECORD_ID
     connection.execute(
-        f"INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, held_other,"
+        f"INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, held_hash,"
         f" held_batch_id, held_at, refused_times, pending) SELECT {record_id}, md5(i::varchar), md5('l' || i::varchar),"
         f" now(), 'sync-1', md5(i::varchar), md5((i // 1000)::varchar), now(), 0, 0 FROM range(300000) t(i)"
     )
@@ -436,7 +413,7 @@ def test_a_full_sync_that_finds_every_record_changed_lists_its_changes_within_th
     staging = capped_scratch(tmp_path)
     connection, record_id = staging.db, RECORD_ID
     connection.execute(
-        f"INSERT INTO known (record_id, source_hash, held_other, refused_times, pending)"
+        f"INSERT INTO known (record_id, source_hash, held_hash, refused_times, pending)"
         f" SELECT {record_id}, md5('new' || i::varchar), md5(i::varchar), 0, {PENDING_PUBLISH} FROM range(500000) t(i)"
     )
     connection.execute(  # fetched in the reverse order of the ids
@@ -478,7 +455,7 @@ def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsi
     stage_listed(staging, first)
     assert publish_all(staging) == ["a", "b", "c", "d"]
     # d is owed (refused, say): it is always parsed
-    staging.db.execute("UPDATE known SET pending = 1, held_seen = false, held_other = NULL WHERE record_id = 'd'")
+    staging.db.execute("UPDATE known SET pending = 1, held_hash = NULL WHERE record_id = 'd'")
 
     staging = syncs.next()
     index = listed_index(staging)

@@ -17,8 +17,7 @@ Tables:
             `seen_unsaved` and `published_unsaved` mark rows whose `seen` (a new valid version)
             or `published` event is not written yet: both are made from the row when it is
             written back, as one row of the trail when the version published is the one seen
-            (see `Event`); a fold does not write a million events for a million published.
-            Its `held_hash` is computed from `held_seen` and `held_other` (KNOWN_HELD_HASH)
+            (see `Event`); a fold does not write a million events for a million published
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (rejected, refused, parked, failed, gone, deleted;
@@ -70,14 +69,6 @@ KNOWN_COLUMNS: dict[str, str] = {
     "pending": "SMALLINT",
 }
 
-# In `known`, what the gateway holds is computed: the version last seen at the source when
-# `held_seen`, else `held_other`. An answer that the gateway holds what was sent (nearly always
-# the version seen) sets a flag, not a hash: DuckDB takes four times as long to set a
-# 32-character text on a million rows (4.8-5.8 s) as a time or a flag, and a first sync of a
-# million sets it on every row. Rows are loaded and written with `held_hash` as ever.
-KNOWN_HELD_HASH = "VARCHAR GENERATED ALWAYS AS (CASE WHEN held_seen THEN source_hash ELSE held_other END) VIRTUAL"
-_HELD_IS_SEEN = "o.content_hash IS NOT DISTINCT FROM known.source_hash"  # an answer `held`, in a fold
-
 SCHEMA = f"""
 SET TimeZone = 'UTC';
 CREATE TEMP TABLE IF NOT EXISTS fetched (
@@ -86,9 +77,8 @@ CREATE TEMP TABLE IF NOT EXISTS fetched (
 );
 CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
-    {", ".join(f"{name} {KNOWN_HELD_HASH if name == 'held_hash' else kind}" for name, kind in KNOWN_COLUMNS.items())},
-    dirty BOOLEAN DEFAULT false, answered BOOLEAN DEFAULT false, seen_unsaved BOOLEAN DEFAULT false,
-    published_unsaved BOOLEAN DEFAULT false, held_seen BOOLEAN DEFAULT false, held_other VARCHAR
+    {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false,
+    answered BOOLEAN DEFAULT false, seen_unsaved BOOLEAN DEFAULT false, published_unsaved BOOLEAN DEFAULT false
 );
 CREATE TEMP TABLE IF NOT EXISTS outcomes (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
@@ -295,8 +285,7 @@ class StagingStore:
             "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
             f" new_line = '\\n', nullstr = '', columns = {columns!r}, buffer_size = {CSV_BUFFER_BYTES})"
         )
-        targets = ", ".join("held_other" if name == "held_hash" else name for name in columns)
-        self.db.execute(f"INSERT INTO known ({targets}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
+        self.db.execute(f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
 
     def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:
         """Write the rows this sync changed and the trail events not yet saved (for the state
@@ -505,9 +494,6 @@ class StagingStore:
             """,
             [sync_id, now, now],
         )
-        # What the gateway holds is pinned to its hash before the versions seen move (see
-        # KNOWN_HELD_HASH; no row has the flag before a sync's first answer, so this changes none).
-        db.execute("UPDATE known SET held_other = source_hash, held_seen = false WHERE held_seen")
         # Known rows are updated a part of the changes at a time: DuckDB holds what an UPDATE
         # changed in memory until it commits, and a million rows changed at once (every record
         # of a full sync listed as other bytes, say) would not fit its cap.
@@ -761,13 +747,10 @@ class StagingStore:
                 " AND known.refused_hash IS NOT NULL"
             )
         changes = {
-            # the version seen, nearly always: a flag (see KNOWN_HELD_HASH); another, its hash
-            Outcome.HELD: f"held_seen = {_HELD_IS_SEEN}, held_other = CASE WHEN {_HELD_IS_SEEN} THEN NULL"
-                          " ELSE o.content_hash END, held_batch_id = o.batch_id, held_at = ?, published_unsaved = true",
+            Outcome.HELD: "held_hash = o.content_hash, held_batch_id = o.batch_id, held_at = ?, published_unsaved = true",
             Outcome.REFUSED: "refused_times = CASE WHEN refused_hash = o.content_hash THEN refused_times + 1 ELSE 1 END,"
                              " refused_hash = o.content_hash, refused_reason = o.reason, refused_at = ?",
-            Outcome.DELETED: "held_seen = false, held_other = NULL, held_batch_id = NULL, held_at = NULL,"
-                             " deleted_batch_id = o.batch_id,"
+            Outcome.DELETED: "held_hash = NULL, held_batch_id = NULL, held_at = NULL, deleted_batch_id = o.batch_id,"
                              " deleted_at = ?",
         }
         for kind, change in changes.items():
