@@ -229,6 +229,39 @@ def test_all_of_a_merchants_records_reach_the_scratch_as_the_same_rows_as_those_
     assert scratch_rows(empty) == []
 
 
+def test_the_sqlite_export_keeps_ids_and_reasons_with_a_nul_a_comma_a_quote_or_a_line_break(tmp_path):
+    """SQLite writes a merchant's rows as CSV lines itself, the pipeline's own columns through
+    `printf`, which stops at a NUL character: the source's text (ids, rejection reasons) may hold
+    one, and must reach the scratch whole (PostgreSQL stores no NUL in text at all)."""
+    import csv
+
+    from sync_pipeline.staging import StagingStore
+    from sync_pipeline.staging.store import connect_scratch
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    odd = {"a\x00b": "bad\x00reason", "c,d": "why, \"quoted\"", "e\nf": "two\nlines", 'g"h': None}
+    incoming = tmp_path / "in.csv"
+    with incoming.open("w", newline="", encoding="utf-8") as out:
+        out.write(RECORD_HEADER)
+        for record_id, reason in odd.items():
+            csv.writer(out, lineterminator="\n").writerow([
+                record_id, "h1", "l1", "2025-03-01 10:00:00.000000", "s1", "2026-03-01 00:00:00.000000", reason or "",
+                "2026-03-01 00:00:00.000000" if reason else "", "h1", "b1", "2026-03-01 00:00:01.000000", "", "", "",
+                "0", "", "", "", "0",
+            ])
+    store.import_records(P, incoming)
+
+    def scratch_rows(path) -> list[tuple]:
+        with connect_scratch(tmp_path / f"{path.name}.duckdb") as db:
+            StagingStore(db).load_known(path)
+            return db.execute("SELECT record_id, rejected_reason, held_hash, pending FROM known ORDER BY record_id").fetchall()
+
+    fastest, plain = tmp_path / "all.csv", tmp_path / "by-id.csv"  # written by SQLite / by Python
+    assert store.export_records(P, fastest) == store.export_records(P, plain, ids=list(odd)) == 4
+    assert scratch_rows(fastest) == scratch_rows(plain) == [(i, odd[i], "h1", 0) for i in sorted(odd)]
+    store.dispose()
+
+
 def test_only_records_held_at_the_version_last_listed_and_owed_nothing_may_be_taken_unparsed(state_store):
     from hashlib import md5
 
