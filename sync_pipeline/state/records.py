@@ -138,7 +138,7 @@ def _printf(names: list[str]) -> str:
 # 30 % slower) go through `printf`, which writes a null `%s` empty: a million rows took 4.2-5.0 s
 # of CPU against 4.9-6.8 s with each field joined by `||` and `ifnull`. The source's text stays
 # outside it: `printf` stops at a NUL character, which an id or a rejection reason may hold
-# (every field in one `printf`, 2.6-3.6 s, cut such a line short).
+# (every field in one `printf`, 2.6-4.6 s, cut such a line short).
 assert DIFF_COLUMNS[0] == "record_id" and DIFF_COLUMNS[4] == "rejected_reason"
 _SQLITE_CSV_LINE = " || ',' || ".join([
     _quoted("record_id"),  # never null
