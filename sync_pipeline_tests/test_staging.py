@@ -351,6 +351,19 @@ def capped_scratch(tmp_path) -> StagingStore:
     return StagingStore(connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB", threads=2))
 
 
+def insert_held(staging: StagingStore, count: int, **columns: str) -> None:
+    """`count` known rows (numbered `i`) held at the version last seen, as a first sync leaves
+    them; `columns`: more columns, each as an SQL expression of `i`."""
+    held = {
+        "record_id": RECORD_ID, "source_hash": "md5(i::varchar)", "source_updated_at": "now()",
+        "source_sync_id": "'sync-1'", "held_hash": "md5(i::varchar)", "held_batch_id": "md5((i // 1000)::varchar)",
+        "held_at": "now()", **columns,
+    }
+    staging.db.execute(
+        f"INSERT INTO known ({', '.join(held)}) SELECT {', '.join(held.values())} FROM range({count}) t(i)"
+    )
+
+
 def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     """Sorting the write-back (its rows and trail events, in key order) on two threads asked
     DuckDB for a 64 MiB block per thread: a 1M first sync failed at the 128 MB cap. Scaled
@@ -358,11 +371,7 @@ def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     rows and 600k events failed the same way before."""
     staging = capped_scratch(tmp_path)
     connection, record_id = staging.db, RECORD_ID
-    connection.execute(
-        f"INSERT INTO known (record_id, source_hash, source_updated_at, source_sync_id, held_hash, held_batch_id,"
-        f" held_at, dirty, seen_unsaved, published_unsaved) SELECT {record_id}, md5(i::varchar), now(), 'sync-1',"
-        f" md5(i::varchar), md5((i // 1000)::varchar), now(), true, true, true FROM range(300000) t(i)"
-    )
+    insert_held(staging, 300_000, dirty="true", seen_unsaved="true", published_unsaved="true")
     for event in ("refused", "failed"):
         connection.execute(
             f"INSERT INTO events SELECT {record_id}, now(), '{event}', md5(i::varchar), NULL, NULL FROM range(300000) t(i)"
@@ -384,11 +393,7 @@ def test_a_full_sync_that_finds_every_record_changed_fits_the_memory_cap(tmp_pat
     down: 300k rows at a 64 MB cap failed the same way."""
     staging = capped_scratch(tmp_path)
     connection, record_id = staging.db, RECORD_ID
-    connection.execute(
-        f"INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, held_hash,"
-        f" held_batch_id, held_at, refused_times, pending) SELECT {record_id}, md5(i::varchar), md5('l' || i::varchar),"
-        f" now(), 'sync-1', md5(i::varchar), md5((i // 1000)::varchar), now(), 0, 0 FROM range(300000) t(i)"
-    )
+    insert_held(staging, 300_000, listed_hash="md5('l' || i::varchar)", refused_times="0", pending="0")
     content = "md5(i::varchar)" if change == "listed as other bytes" else "md5('new' || i::varchar)"
     connection.execute(
         f"INSERT INTO fetched SELECT i, {record_id}, now(), NULL, NULL, {content}, md5('m' || i::varchar)"
