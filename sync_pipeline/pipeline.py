@@ -391,6 +391,8 @@ def publish_changes(
         submitted = time.monotonic()
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
+            # the JSON is sent: a batch followed to its end holds its ids and hashes only
+            items[:] = [item._replace(raw="") for item in items]
         else:
             batch_id = gateway.submit_delete(entity, [item.id for item in items], key)
         crash_point("publishing")
@@ -473,11 +475,11 @@ def publish_changes(
         try:
             for chunk in staging.changed_since_publish(batch_size):
                 pending[pool.submit(send, Operation.UPSERT, chunk)] = Operation.UPSERT
-                drain(workers * 2)
+                drain(workers)
             for start in range(0, len(deletions), batch_size):
                 chunk = deletions[start : start + batch_size]
                 pending[pool.submit(send, Operation.DELETE, chunk)] = Operation.DELETE
-                drain(workers * 2)
+                drain(workers)
             drain(0)
         except BaseException:
             for future in pending:

@@ -57,15 +57,15 @@ def test_rows_keep_unknown_fields_and_sort_keys():
     assert rows.seq == [10]
     assert rows.id == ["p1"]
     assert rows.reason == [None]
-    assert orjson.loads(rows.raw[0]) == record
-    assert list(orjson.loads(rows.raw[0])) == sorted(record)
+    assert orjson.loads(rows.raw_of(0)) == record
+    assert list(orjson.loads(rows.raw_of(0))) == sorted(record)
 
 
 def test_rows_of_a_rejected_record_keep_its_raw_json_and_reason():
     record = {**PRODUCT, "listPrice": -5}
     rows = to_rows(EntityType.PRODUCT, [record], first_seq=0)
     assert rows.rejected == 1
-    assert orjson.loads(rows.raw[0]) == record
+    assert orjson.loads(rows.raw_of(0)) == record
     assert "negative" in rows.reason[0]
 
 
@@ -96,7 +96,7 @@ def test_validation_never_raises_and_rows_match_it(record):
         assert reason is None or isinstance(reason, str)
         rows = to_rows(entity, [record], first_seq=0)
         assert rows.reason == [reason]
-        assert json.loads(rows.raw[0]) == record
+        assert json.loads(rows.raw_of(0)) == record
 
 
 def test_exact_numbers_survive_parse_and_canonical_text():
@@ -123,7 +123,7 @@ def test_text_that_is_not_unicode_rejects_only_its_record():
     rows = to_rows(EntityType.PRODUCT, page, first_seq=0)
     assert rows.id == [None, "ok", "fine"]
     assert rows.reason[0] == rows.reason[1] and "surrogate" in rows.reason[0] and rows.reason[2] is None
-    assert b"\\ud800" in rows.raw[0] and b'"title":"\\udfff"' in rows.raw[1]
+    assert b"\\ud800" in rows.raw_of(0) and b'"title":"\\udfff"' in rows.raw_of(1)
 
 
 def test_a_list_page_is_read_with_its_records_as_the_bytes_sent():

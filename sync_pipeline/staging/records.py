@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from ..domain import EntityType, format_time, parse_time
 from ..jsontext import NumberOutOfRange, canonical_json
 
@@ -77,17 +80,40 @@ def _is_unicode(text: str) -> bool:
 
 @dataclass
 class PageRows:
-    """Column lists ready for one bulk load into the staging table `fetched`."""
+    """Column lists ready for one bulk load into the staging table `fetched`.
+
+    The canonical JSON of the records goes end to end into one buffer, `raw`, as Arrow lays out
+    a binary column: each record's bytes object is freed at once. orjson's bytes hold 4 KiB
+    whatever their length (orjson 3.13): a chunk of 10,000 records of 400 bytes kept as
+    objects held 40 MiB of the process's memory, as one buffer it holds 4."""
 
     seq: list[int] = field(default_factory=list)
     id: list[str | None] = field(default_factory=list)
     updated_at: list[str | None] = field(default_factory=list)  # as sent, when it parses
-    raw: list[bytes] = field(default_factory=list)  # canonical JSON, UTF-8
+    raw: bytearray = field(default_factory=bytearray)  # canonical JSON, UTF-8, record after record
+    raw_ends: list[int] = field(default_factory=list)  # where each record's JSON ends in `raw`
     reason: list[str | None] = field(default_factory=list)
     listed: list[str | None] = field(default_factory=list)  # hash of the bytes listed, when known (`listed_hash`)
 
     def __len__(self) -> int:
         return len(self.seq)
+
+    def add_raw(self, raw: bytes) -> None:
+        self.raw += raw
+        self.raw_ends.append(len(self.raw))
+
+    def raw_of(self, index: int) -> bytes:
+        """The canonical JSON of the record at `index`."""
+        start = self.raw_ends[index - 1] if index > 0 else 0
+        return bytes(self.raw[start : self.raw_ends[index]])
+
+    def raw_column(self) -> pa.Array:
+        """`raw` as an Arrow large binary column, without a copy."""
+        offsets = np.zeros(len(self.raw_ends) + 1, dtype=np.int64)
+        offsets[1:] = self.raw_ends
+        return pa.Array.from_buffers(
+            pa.large_binary(), len(self.raw_ends), [None, pa.py_buffer(offsets), pa.py_buffer(self.raw)]
+        )
 
     @property
     def rejected(self) -> int:
@@ -125,7 +151,7 @@ def to_rows(
         rows.seq.append(first_seq + offset if seqs is None else seqs[offset])
         rows.id.append(record_id)
         rows.updated_at.append(_for_duckdb(record["updatedAt"], updated_at) if updated_at else None)
-        rows.raw.append(raw)
+        rows.add_raw(raw)
         rows.reason.append(reason)
     rows.listed.extend(listed if listed is not None else [None] * len(records))
     return rows

@@ -97,7 +97,7 @@ FETCHED_SCHEMA = pa.schema(
         ("seq", pa.int64()),
         ("id", pa.string()),
         ("updated_at", pa.string()),  # as sent; DuckDB parses it in bulk (validity was checked in Python)
-        ("raw", pa.binary()),  # UTF-8, decoded by DuckDB
+        ("raw", pa.large_binary()),  # UTF-8, decoded by DuckDB
         ("reason", pa.string()),
         ("listed_hash", pa.string()),
     ]
@@ -384,8 +384,8 @@ class StagingStore:
         if not len(rows):
             return
         chunk = pa.Table.from_pydict(
-            {"seq": rows.seq, "id": rows.id, "updated_at": rows.updated_at, "raw": rows.raw, "reason": rows.reason,
-             "listed_hash": rows.listed},
+            {"seq": rows.seq, "id": rows.id, "updated_at": rows.updated_at, "raw": rows.raw_column(),
+             "reason": rows.reason, "listed_hash": rows.listed},
             schema=FETCHED_SCHEMA,
         )
         self.db.register("incoming_chunk", chunk)
