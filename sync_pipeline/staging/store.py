@@ -130,7 +130,8 @@ class ListedIndex:
         self.high, self.low = high[order], low[order]
         bits = max(1, int(len(self.high)).bit_length())
         self.shift = np.uint64(64 - bits)
-        self.starts = np.searchsorted(self.high >> self.shift, np.arange((1 << bits) + 1, dtype=np.uint64))
+        buckets = np.arange((1 << bits) + 1, dtype=np.uint64)
+        self.starts = np.searchsorted(self.high >> self.shift, buckets).astype(np.int32)  # 4 MB at a million
         self.widest = int(np.diff(self.starts).max())
 
     @classmethod
@@ -138,8 +139,8 @@ class ListedIndex:
         """The index of these digests (16 bytes each, one after the other), or None when none."""
         if not digests:
             return None
-        halves = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-        return cls(halves[:, 0].copy(), halves[:, 1].copy())
+        halves = np.frombuffer(digests, dtype=">u8").reshape(-1, 2)
+        return cls(halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64))
 
     def __len__(self) -> int:
         return len(self.high)
