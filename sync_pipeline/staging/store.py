@@ -607,6 +607,8 @@ class StagingStore:
         maps let each slice read its own rows only: the JSON is read once, not once a slice.
         """
         db = self.db
+        if not self._scalar(f"SELECT count(*) FROM known WHERE pending = {PENDING_PUBLISH}"):
+            return  # nothing owed (a full re-sync that found nothing new): no join of a million rows
         db.execute("DROP TABLE IF EXISTS to_publish")
         db.execute("CREATE TEMP TABLE to_publish (seq BIGINT, content_hash VARCHAR, held_hash VARCHAR)")
         # listed a range of fetch sequences at a time: a million changes sorted at once do not
