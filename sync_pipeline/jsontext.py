@@ -80,8 +80,8 @@ def canonical_json(record: Any, *, strict: bool = True) -> bytes:
     """The record's canonical text in UTF-8, sorted keys, compact: the same content always gives
     the same text (and hash); exact numbers are written as they came. Raises NumberOutOfRange
     for a number no double holds, unless not `strict` (to keep a rejected record as it came).
-    Bytes, as orjson writes them: Arrow takes them as they are, where a str would be encoded
-    again, record by record."""
+    Bytes, as orjson writes them: `PageRows` copies them into one buffer that Arrow takes as it
+    is, where a str would be encoded again, record by record."""
     try:  # an ExactNumber goes out as its text; orjson refuses an integer beyond 64 bits
         return orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=_as_written if strict else _as_sent)
     except TypeError:

@@ -233,7 +233,7 @@ def fetch_and_stage(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="known") as reader:
             exported = reader.submit(scratch.export_known)
             seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, index)
-            del index  # 24 MB at a million: freed before DuckDB takes its cap below
+            del index  # 20 MB at a million: freed before DuckDB takes its cap below
             scratch.load_exported(*exported.result())
     else:
         seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress)
@@ -385,15 +385,14 @@ def publish_changes(
     totals = {"published": 0, "failed": 0, "deleted": 0, "batches": 0, "failed_batches": 0}
     unsaved_batches = 0
 
-    def submit_and_follow(operation: Operation, items: list[ChangedRecord]) -> BatchOutcome:
+    def submit(operation: Operation, items: list[ChangedRecord]) -> tuple[str, float]:
+        """Hand one batch to the gateway and note it; returns its id and when it was sent."""
         key = state.usable_idempotency_key(
             idempotency_key(entity, operation, (item.fingerprint for item in items), merchant), merchant
         )
         submitted = time.monotonic()
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
-            # the JSON is sent: a batch followed to its end holds its ids and hashes only
-            items[:] = [item._replace(raw="") for item in items]
         else:
             batch_id = gateway.submit_delete(entity, [item.id for item in items], key)
         crash_point("publishing")
@@ -401,6 +400,9 @@ def publish_changes(
             batch_id=batch_id, sync_id=sync_id, entity=entity, operation=operation.value,
             idempotency_key=key, item_count=len(items), merchant=merchant,
         )
+        return batch_id, submitted
+
+    def follow(batch_id: str, submitted: float) -> BatchOutcome:
         crash_point("waiting")
         outcome = watcher.follow(batch_id, submitted)
         state.record_batch_outcome(
@@ -412,9 +414,11 @@ def publish_changes(
     def send(operation: Operation, items: list[ChangedRecord]) -> list[tuple[list[ChangedRecord], BatchOutcome]]:
         """Submit and follow one batch. A batch the gateway refuses as malformed (400) or too
         large (413) goes as two halves, and so on until the item it refuses is alone: that item
-        is refused with the gateway's reason, and everything else is published."""
+        is refused with the gateway's reason, and everything else is published. Only the
+        submission is split so: an error while the batch is followed ends the sync (a rerun
+        replays the batch by its key)."""
         try:
-            return [(items, submit_and_follow(operation, items))]
+            batch_id, submitted = submit(operation, items)
         except GatewayError as error:
             if error.http_status not in SPLIT_STATUSES:
                 raise
@@ -426,6 +430,9 @@ def publish_changes(
             log.info("the gateway refused a batch of %d (HTTP %s): sending it as two halves",
                      len(items), error.http_status)
             return send(operation, items[:half]) + send(operation, items[half:])
+        if operation is Operation.UPSERT:  # the gateway has the JSON: followed with ids and hashes only
+            items[:] = [item._replace(raw="") for item in items]
+        return [(items, follow(batch_id, submitted))]
 
     def settle(future: Future, operation: Operation) -> None:
         nonlocal unsaved_batches

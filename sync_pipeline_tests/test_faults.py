@@ -22,6 +22,7 @@ CASES = [
     ("garbage-always:product", SyncStatus.SOURCE_UNAVAILABLE),
     ("batch-failed:gateway", SyncStatus.GATEWAY_UNAVAILABLE),  # a batch FAILED as a whole: not a partial success
     ("too-large:gateway", SyncStatus.PARTIAL_SUCCESS),
+    ("poll-refused:gateway", SyncStatus.GATEWAY_UNAVAILABLE),  # taken, then never answered for: not sent again
     ("auth:product", SyncStatus.SOURCE_UNAVAILABLE),
     ("auth:gateway", SyncStatus.GATEWAY_UNAVAILABLE),
 ]
@@ -55,6 +56,8 @@ def test_a_sync_under_a_fault_converges(fault, status, sync_env, sandbox):
         if fault.startswith("garbage-always"):
             assert "cursor" in under_fault.error_message and "/products" in under_fault.error_message
             assert sandbox.gateway("PRODUCT") == {}  # nothing built from a bad page is published
+        if fault.startswith("poll-refused"):  # the batches were taken: none is split and sent again
+            assert "HTTP 400" in under_fault.error_message and under_fault.parked == 0
         if fault.startswith("auth"):
             assert "HTTP 401" in under_fault.error_message or "HTTP 403" in under_fault.error_message
     sandbox.admin("PUT", "/faults", json={"name": "none"})

@@ -140,3 +140,15 @@ def test_a_list_page_is_read_with_its_records_as_the_bytes_sent():
     assert jsontext.loads_page(b'{"data": [') is None
     with pytest.raises(ValueError):
         jsontext.loads(b'{"data": [{"id": "a", "t": "\xff"}], "meta": {}}')
+
+
+def test_page_rows_hold_every_records_json_in_one_arrow_ready_buffer():
+    from sync_pipeline.staging import PageRows
+
+    rows, raws = PageRows(), [b'{"a":1}', b"", "{\"b\":\"\u00e9\"}".encode(), b"[]"]
+    for raw in raws:
+        rows.add_raw(raw)
+    column = rows.raw_column()
+    column.validate(full=True)
+    assert column.to_pylist() == raws == [rows.raw_of(i) for i in range(len(raws))]
+    assert PageRows().raw_column().to_pylist() == []

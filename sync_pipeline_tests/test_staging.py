@@ -492,3 +492,31 @@ def test_the_listed_index_finds_exactly_the_digests_it_holds(size):
     assert len(index) == size
     assert index.contains(b"".join(asked)).tolist() == [digest in set(held) for digest in asked]
     assert ListedIndex.of(b"") is None
+
+
+def test_a_chunk_staged_from_one_buffer_keeps_each_records_json_even_an_empty_one(syncs):
+    """Each record's canonical JSON comes out of the chunk's one buffer as it went in, a record
+    too deeply nested to be read included (its JSON is empty, its reason kept)."""
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    records = [product("a", title="é \u2603"), {**product("b"), "deep": nested}, product("c")]
+    staging = syncs.next()
+    counts = stage(staging, records)
+    assert (counts.valid, counts.rejected) == (2, 1)
+    [(record_id, reason, raw)] = staging.rejected_rows()
+    assert (record_id, reason, raw) == ("b", "nested too deeply to be read", "")
+    published = {r.id: json.loads(r.raw) for chunk in staging.changed_since_publish(10) for r in chunk}
+    assert published == {"a": product("a", title="é \u2603"), "c": product("c")}
+
+
+def test_nothing_is_listed_to_publish_when_nothing_is_owed(syncs):
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b")])
+    assert publish_all(staging) == ["a", "b"]
+    staging = syncs.next()
+    stage(staging, [product("a"), product("b")])
+    assert pending(staging) == {}
+    assert list(staging.changed_since_publish(10)) == []
+    staging.db.execute("UPDATE known SET pending = 1, held_hash = NULL WHERE record_id = 'b'")
+    assert [r.id for chunk in staging.changed_since_publish(10) for r in chunk] == ["b"]

@@ -171,6 +171,18 @@ class TooLarge(Fault):
         return 64 * 1024
 
 
+class PollRefused(Fault):
+    """Every question about a batch's status gets 400; batches are taken as usual."""
+
+    name = "poll-refused"
+
+    def before(self, side, request):
+        if side == "gateway" and request.method == "GET" and "/batches/" in request.url.path:
+            self.hit()
+            return gateway_error(400, "Bad Request")
+        return None
+
+
 class Auth(Fault):
     """The first request on a side gets 401, every later one 403."""
 
@@ -183,7 +195,7 @@ class Auth(Fault):
 
 
 FAULTS: dict[str, type[Fault]] = {
-    fault.name: fault for fault in (Fault, Flaky, Slow, Garbage, GarbageAlways, BatchFailed, TooLarge, Auth)
+    fault.name: fault for fault in (Fault, Flaky, Slow, Garbage, GarbageAlways, BatchFailed, TooLarge, PollRefused, Auth)
 }
 
 

@@ -80,7 +80,7 @@ def _is_unicode(text: str) -> bool:
 
 @dataclass
 class PageRows:
-    """Column lists ready for one bulk load into the staging table `fetched`.
+    """Columns ready for one bulk load into the staging table `fetched`.
 
     The canonical JSON of the records goes end to end into one buffer, `raw`, as Arrow lays out
     a binary column: each record's bytes object is freed at once. orjson's bytes hold 4 KiB
