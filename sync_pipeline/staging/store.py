@@ -28,6 +28,7 @@ Tables:
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,8 +112,9 @@ SLICE_ROWS = 5_000
 # known rows one UPDATE changes at most, and fetch sequences whose changes are listed (and
 # sorted) by one statement before publishing: DuckDB keeps what an UPDATE changed in memory until
 # it commits, and a million rows at once, changed or sorted, did not fit the scratch's cap
+WRITE_PART_ROWS = 25_000  # rows of a save sorted at a time (see StagingStore._copy_in_key_order)
 UPDATE_PART_ROWS = 100_000
-# DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
+# DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 48 MB
 # cap cannot give; a state store row is a few hundred bytes
 CSV_BUFFER_BYTES = 4 << 20
 
@@ -244,7 +246,7 @@ class PublishCheck:
     orphans: int  # full syncs: held but no longer listed, and not deleted
 
 
-def connect_scratch(path: Path, *, memory_limit: str = "64MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+def connect_scratch(path: Path, *, memory_limit: str = "48MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
     """A DuckDB file for one run. DuckDB would otherwise take 80 % of the machine's memory as
     cache; it spills to disk beyond `memory_limit` instead, so memory stays flat in catalogue size."""
     return duckdb.connect(
@@ -302,10 +304,7 @@ class StagingStore:
                     for name, kind in KNOWN_COLUMNS.items()
                 )
                 # in key order: the state store's indexes take sorted rows far faster than shuffled
-                self.db.execute(
-                    f"COPY (SELECT {columns} FROM known WHERE {where} ORDER BY record_id)"
-                    f" TO '{_sql_path(rows_path)}' (HEADER, DELIMITER ',')"
-                )
+                self._copy_in_key_order(columns, f"(SELECT * FROM known WHERE {where})", "record_id", rows, rows_path)
             # the `seen` and `published` events not yet written of the rows written now (one
             # `seen+published` when the version published is the one seen), then `events`
             both = "(seen_unsaved AND published_unsaved AND held_hash IS NOT DISTINCT FROM source_hash)"
@@ -317,30 +316,62 @@ class StagingStore:
             if events:
                 # by record too, each record's events in the order they happened (the state store
                 # numbers them in file order, and its trail index takes them in key order)
-                self.db.execute(
-                    f"""
-                    COPY (
-                        SELECT record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash,
-                               batch_id, detail
-                        FROM (
-                            SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
-                                   source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -2 AS position
-                            {seen}
-                            UNION ALL
-                            SELECT record_id, held_at,
-                                   CASE WHEN {both} THEN '{Event.SEEN_PUBLISHED}' ELSE '{Event.PUBLISHED}' END,
-                                   held_hash, held_batch_id,
-                                   CASE WHEN {both} THEN strftime(source_seen_at, '{TIME_FORMAT}') END, -1
-                            {published}
-                            UNION ALL
-                            SELECT record_id, event_at, event, content_hash, batch_id, detail, rowid FROM events
-                        )
-                        ORDER BY record_id, position
-                    ) TO '{_sql_path(events_path)}' (HEADER, DELIMITER ',')
-                    """
+                self._copy_in_key_order(
+                    f"record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id, detail",
+                    f"""(
+                        SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
+                               source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -2 AS position
+                        {seen}
+                        UNION ALL
+                        SELECT record_id, held_at,
+                               CASE WHEN {both} THEN '{Event.SEEN_PUBLISHED}' ELSE '{Event.PUBLISHED}' END,
+                               held_hash, held_batch_id,
+                               CASE WHEN {both} THEN strftime(source_seen_at, '{TIME_FORMAT}') END, -1
+                        {published}
+                        UNION ALL
+                        SELECT record_id, event_at, event, content_hash, batch_id, detail, rowid FROM events
+                    )""",
+                    "record_id, position", events, events_path,
                 )
         self._saving = where
         return rows, events
+
+    def _copy_in_key_order(self, columns: str, source: str, order: str, rows: int, path: Path) -> None:
+        """Write `columns` of the relation `source` to the CSV file `path` (with a header), ordered
+        by `order` (record_id first), about WRITE_PART_ROWS rows sorted at a time: by ranges of
+        record_id cut at a sample's quantiles (an exact quantile of a million ids holds them all
+        in memory), each part appended to the file in turn. One sort of a whole save's wide rows
+        needs more than 52 MB of DuckDB's memory; a part's fits in far less."""
+        parts = -(-rows // WRITE_PART_ROWS)
+        bounds: list[str] = []
+        if parts > 1:
+            sample = sorted(
+                record_id for (record_id,) in self.db.execute(
+                    f"SELECT record_id FROM {source} WHERE record_id IS NOT NULL"
+                    f" USING SAMPLE reservoir({100 * parts} ROWS)"
+                ).fetchall()
+            )
+            bounds = sorted({sample[len(sample) * i // parts] for i in range(1, parts)} if sample else set())
+        edges: list[str | None] = [None, *bounds, None]
+        part = path.with_name(path.name + ".part")
+        with path.open("wb") as out:
+            for number, (low, high) in enumerate(zip(edges, edges[1:])):
+                if low is None and high is None:
+                    where, params = "true", []
+                elif low is None:
+                    where, params = "record_id < ?", [high]
+                elif high is None:
+                    where, params = "record_id >= ? OR record_id IS NULL", [low]  # nulls sort last
+                else:
+                    where, params = "record_id >= ? AND record_id < ?", [low, high]
+                self.db.execute(
+                    f"COPY (SELECT {columns} FROM {source} WHERE {where} ORDER BY {order})"
+                    f" TO '{_sql_path(part)}' (HEADER {str(number == 0).lower()}, DELIMITER ',')",
+                    params,
+                )
+                with part.open("rb") as written:
+                    shutil.copyfileobj(written, out)
+        part.unlink()
 
     @contextmanager
     def _one_thread(self) -> Iterator[None]:
