@@ -522,3 +522,40 @@ def test_nothing_is_listed_to_publish_when_nothing_is_owed(syncs):
     assert list(staging.changed_since_publish(10)) == []
     staging.db.execute("UPDATE known SET pending = 1, held_hash = NULL WHERE record_id = 'b'")
     assert [r.id for chunk in staging.changed_since_publish(10) for r in chunk] == ["b"]
+
+
+def test_the_write_back_in_parts_is_byte_for_byte_the_write_back_in_one_sort(tmp_path, monkeypatch):
+    """Rows and trail events written a few at a time, by ranges of record_id, make the same
+    files as one sort of all: ids with a NUL, accents, an emoji, a line break, a quote and a
+    comma; events of one record that must stay in order; reasons that span lines."""
+    from sync_pipeline.staging import store
+
+    staging = StagingStore(connect_scratch(tmp_path / "scratch.duckdb"))
+    awkward = ["a\x00b", "é", "😀", "line\nbreak", 'quote"d', "com,ma", "Z", "z", "a", "\uffff"]
+    staging.db.execute(
+        "CREATE TEMP TABLE ids AS SELECT row_number() OVER () AS i, id FROM"
+        " (SELECT unnest(?) || '-' || n::varchar AS id FROM range(40) t(n))",
+        [awkward],
+    )
+    staging.db.execute("INSERT INTO known (record_id, dirty) VALUES (NULL, true)")  # sorts last
+    staging.db.execute(
+        "INSERT INTO known (record_id, source_hash, source_seen_at, held_hash, held_at, rejected_reason,"
+        " dirty, seen_unsaved, published_unsaved)"
+        " SELECT id, md5(id), now(), CASE WHEN i % 3 = 0 THEN md5(id) END, now(),"
+        " CASE WHEN i % 5 = 0 THEN 'two' || chr(10) || 'lines, \"quoted\"' END, true, i % 2 = 0, i % 3 = 0 FROM ids"
+    )
+    for event in ("refused", "failed", "parked"):
+        staging.db.execute(
+            f"INSERT INTO events SELECT id, now() + to_seconds(i), '{event}', md5(id), 'b-' || i::varchar,"
+            " 'detail' || chr(10) || id FROM ids WHERE i % 4 <> 0"
+        )
+
+    def write(name: str) -> tuple[bytes, bytes, tuple[int, int]]:
+        counts = staging.unsaved_to_csv(tmp_path / f"{name}-rows.csv", tmp_path / f"{name}-events.csv")
+        return (tmp_path / f"{name}-rows.csv").read_bytes(), (tmp_path / f"{name}-events.csv").read_bytes(), counts
+
+    whole = write("whole")
+    monkeypatch.setattr(store, "WRITE_PART_ROWS", 7)
+    assert write("parts") == whole
+    assert whole[2][0] == 401 and whole[0].count(b"\n") > 401
+    staging.db.close()
