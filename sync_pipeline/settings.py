@@ -96,6 +96,6 @@ def record_policy() -> dict:
 def duckdb_settings() -> dict:
     """DuckDB's memory cap (it spills to disk beyond it) and threads, for every run's scratch."""
     return {
-        "memory_limit": os.environ.get("SYNC_DUCKDB_MEMORY_LIMIT", "48MB"),
+        "memory_limit": os.environ.get("SYNC_DUCKDB_MEMORY_LIMIT", "64MB"),
         "threads": int(os.environ.get("SYNC_DUCKDB_THREADS", "2")),
     }

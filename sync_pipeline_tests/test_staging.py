@@ -346,8 +346,8 @@ RECORD_ID = "'gid://shopify/Product/' || lpad(i::varchar, 8, '0')"
 
 
 def capped_scratch(tmp_path) -> StagingStore:
-    """A scratch under a 48 MB cap on two threads: a test's few hundred thousand rows stand for
-    the million a real sync has under its cap."""
+    """A scratch under a 48 MB cap on two threads, below the default 64 MB: a test's few hundred
+    thousand rows stand for the million a real sync has under its cap."""
     return StagingStore(connect_scratch(tmp_path / "scratch.duckdb", memory_limit="48MB", threads=2))
 
 

@@ -114,7 +114,7 @@ SLICE_ROWS = 5_000
 # it commits, and a million rows at once, changed or sorted, did not fit the scratch's cap
 WRITE_PART_ROWS = 25_000  # rows of a save sorted at a time (see StagingStore._copy_in_key_order)
 UPDATE_PART_ROWS = 100_000
-# DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 48 MB
+# DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
 # cap cannot give; a state store row is a few hundred bytes
 CSV_BUFFER_BYTES = 4 << 20
 
@@ -246,7 +246,7 @@ class PublishCheck:
     orphans: int  # full syncs: held but no longer listed, and not deleted
 
 
-def connect_scratch(path: Path, *, memory_limit: str = "48MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+def connect_scratch(path: Path, *, memory_limit: str = "64MB", threads: int = 2) -> duckdb.DuckDBPyConnection:
     """A DuckDB file for one run. DuckDB would otherwise take 80 % of the machine's memory as
     cache; it spills to disk beyond `memory_limit` instead, so memory stays flat in catalogue size."""
     return duckdb.connect(

@@ -9,7 +9,7 @@ that SQLite writes itself, a chunk of thousands of rows per statement, with the 
 lock given up for each. Read a row at a time into Python's csv module, they held the
 interpreter lock that the thread parsing the listing needs, for most of a full re-sync of a
 million records. (SQLite wrote JSON lines before, as fast; but DuckDB's JSON reader asks for
-a 32 MiB buffer a thread, which the scratch's 48 MB cap cannot give.)
+a 32 MiB buffer a thread, which the scratch's 64 MB cap cannot give.)
 """
 
 from __future__ import annotations
