@@ -384,6 +384,11 @@ def test_a_large_write_back_fits_the_memory_cap(tmp_path):
         next(events)
         first, second = next(events), next(events)
     assert first.startswith("gid://shopify/Product/00000000,") and ",seen+published," in first and ",refused," in second
+    for name, count in (("rows.csv", 300_000), ("events.csv", 900_000)):  # written in parts: none lost, all in order
+        with (tmp_path / name).open() as written:
+            next(written)
+            ids = [line.partition(",")[0] for line in written]
+        assert len(ids) == count and ids == sorted(ids) and len(set(ids)) == 300_000
     connection.close()
 
 
