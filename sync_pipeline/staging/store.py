@@ -353,7 +353,7 @@ class StagingStore:
                     f" USING SAMPLE reservoir({100 * parts} ROWS)"
                 ).fetchall()
             )
-            bounds = sorted({sample[len(sample) * i // parts] for i in range(1, parts)} if sample else set())
+            bounds = sorted({sample[len(sample) * i // parts] for i in range(1, parts)}) if sample else []
         edges: list[str | None] = [None, *bounds, None]
         part = path.with_name(path.name + ".part")
         try:
