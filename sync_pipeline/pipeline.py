@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +36,7 @@ from .staging import (
 )
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
 from .state import StateStore
+from .writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ Progress = Callable[[ProgressEvent], None]
 CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
 LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
 LISTED_CHUNK_ROWS = 100_000  # records listed unchanged, loaded at a time (2.4 MB of arrays)
+SAVE_EVERY_BATCHES = 100  # while publishing, the answers are written back to the state store this often
 SPLIT_STATUSES = frozenset({400, 413})  # the gateway refuses the request: halve the batch
 # Types whose unchanged records a full sync takes from their listed bytes, unparsed. Not
 # collections: their product references are read from every listed collection's JSON.
@@ -67,6 +70,8 @@ class SyncScratch:
     entity: EntityType
     sync_id: str
     _files: int = field(default=0, repr=False)
+    writes: WriteBehind | None = field(default=None, repr=False)  # see `writing_behind`
+    _importing: Future | None = field(default=None, repr=False)
 
     def _file(self, name: str, suffix: str = ".csv") -> Path:
         self._files += 1
@@ -89,18 +94,44 @@ class SyncScratch:
 
     def save(self, *, settled_only: bool = False) -> int:
         """Write back to the state store the rows this sync changed since the last save (with
-        `settled_only`, only those the gateway has answered for), and the records' trail events;
-        they count as saved only once the state store has them."""
+        `settled_only`, only those the gateway has answered for), and the records' trail events.
+
+        The scratch writes them to files and forgets them; the state store takes the files in
+        this thread, or inside `writing_behind` in the thread of its writes, after the save
+        before (waited for here: a save that failed stops the sync at the next). Should the state
+        store fail to take them, the sync fails, as a crash there would: the next sync starts from
+        what the state store has, and the gateway replays what it was sent again."""
+        if self._importing is not None:
+            self._importing.result()
         rows_path, events_path = self._file("rows"), self._file("events")
         rows, events = self.staging.unsaved_to_csv(rows_path, events_path, settled_only=settled_only)
-        if rows:
+        self.staging.mark_saved()
+        take = partial(self._import, rows_path if rows else None, events_path if events else None)
+        if self.writes is None:
+            take()
+        else:
+            self._importing = self.writes(take)
+        return rows
+
+    @contextmanager
+    def writing_behind(self) -> Iterator[WriteBehind]:
+        """Inside, the saves go to the state store in a thread of their own while this one goes
+        on (see `WriteBehind`), after whatever else is written through `writes`; every write is
+        in the state store when the block ends, or its error is raised."""
+        with WriteBehind() as writes:
+            self.writes = writes
+            try:
+                yield writes
+            finally:
+                self.writes, self._importing = None, None
+
+    def _import(self, rows_path: Path | None, events_path: Path | None) -> None:
+        if rows_path:
             self.state.import_records(self.entity, rows_path, merchant=self.merchant)
             rows_path.unlink()
-        if events:
+        if events_path:
             self.state.import_events(self.entity, self.sync_id, events_path, merchant=self.merchant)
             events_path.unlink()
-        self.staging.mark_saved()
-        return rows
 
 
 def adopt_legacy_holdings(scratch: SyncScratch, data_dir: Path) -> int:
@@ -370,15 +401,18 @@ def publish_changes(
     *,
     batch_size: int = 1000,
     workers: int = 16,
-    save_every: int = 100,
+    save_every: int | None = None,
     progress: Progress | None = None,
 ) -> PublishResult:
     """Send every staged record whose version the gateway is owed, then the confirmed
     deletions, in batches followed to their end: at most `workers` batches at the gateway at
     once, all followed by one `BatchWatcher`. What the gateway did with each item is folded
-    into the scratch and written back to the state store every `save_every` batches and at the
-    end, so a sync that dies loses at most that much bookkeeping (the gateway replays the rest)."""
+    into the scratch and written back to the state store every `save_every` batches
+    (SAVE_EVERY_BATCHES) and at the end, so a sync that dies loses at most twice that much
+    bookkeeping (the gateway replays the rest). The state store's writes (the batches, the saves)
+    are made behind, in one thread of their own, while the next batches go out (`WriteBehind`)."""
     started = time.monotonic()
+    save_every = save_every or SAVE_EVERY_BATCHES
     staging, state, entity, merchant, sync_id = (
         scratch.staging, scratch.state, scratch.entity, scratch.merchant, scratch.sync_id
     )
@@ -390,24 +424,25 @@ def publish_changes(
         key = state.usable_idempotency_key(
             idempotency_key(entity, operation, (item.fingerprint for item in items), merchant), merchant
         )
-        submitted = time.monotonic()
+        submitted, submitted_at = time.monotonic(), utcnow()
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
         else:
             batch_id = gateway.submit_delete(entity, [item.id for item in items], key)
         crash_point("publishing")
-        state.record_batch(
-            batch_id=batch_id, sync_id=sync_id, entity=entity, operation=operation.value,
-            idempotency_key=key, item_count=len(items), merchant=merchant,
+        writes(
+            state.record_batch, batch_id=batch_id, sync_id=sync_id, entity=entity, operation=operation.value,
+            idempotency_key=key, item_count=len(items), merchant=merchant, submitted_at=submitted_at,
         )
         return batch_id, submitted
 
     def follow(batch_id: str, submitted: float) -> BatchOutcome:
         crash_point("waiting")
         outcome = watcher.follow(batch_id, submitted)
-        state.record_batch_outcome(
-            batch_id, batch_status=outcome.batch_status, success_count=outcome.success_count,
-            fail_count=outcome.fail_count, failed_products=outcome.failed_items, ratio=outcome.ratio,
+        writes(
+            state.record_batch_outcome, batch_id, batch_status=outcome.batch_status,
+            success_count=outcome.success_count, fail_count=outcome.fail_count,
+            failed_products=outcome.failed_items, ratio=outcome.ratio, finished_at=utcnow(),
         )
         return outcome
 
@@ -470,7 +505,7 @@ def publish_changes(
     deletions = [
         ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()
     ]
-    with paused_gc(), BatchWatcher(gateway, max_in_flight=workers) as watcher, \
+    with paused_gc(), scratch.writing_behind() as writes, BatchWatcher(gateway, max_in_flight=workers) as watcher, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
 

@@ -262,6 +262,72 @@ def test_the_sqlite_export_keeps_ids_and_reasons_with_a_nul_a_comma_a_quote_or_a
     store.dispose()
 
 
+def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_from_this_one(tmp_path, monkeypatch):
+    """A large save is written into SQLite by a child process (off the sync's interpreter lock):
+    the same rows, merged the same way, as in this process; a refusal is an error naming the
+    reason and applies nothing; and a child whose sync has died commits nothing."""
+    import csv
+    from types import SimpleNamespace
+
+    from sync_pipeline.state import records
+
+    def write(path, version: str, count: int) -> None:
+        with path.open("w", newline="", encoding="utf-8") as out:
+            out.write(RECORD_HEADER)
+            rows = csv.writer(out, lineterminator="\n")
+            odd = ["a\x00b", "c,d", "e\nf", 'g"h', "\u00e9\u2603"]
+            for n, record_id in enumerate(odd + [f"p{n:06d}" for n in range(count)]):
+                held = n % 3 != 0
+                rows.writerow([
+                    record_id, f"h{version}{n}", "", "2025-03-01 10:00:00.000000", f"s{version}",
+                    "2026-03-01 00:00:00.000000" if version == "1" or n % 2 else "", "bad, \"quoted\"\nreason" if n % 7 == 0 else "",
+                    "2026-03-01 00:00:00.000000" if n % 7 == 0 else "", f"h{version}{n}" if held else "",
+                    f"b{version}" if held else "", "2026-03-01 00:00:01.000000" if held else "", "", "", "", "0", "", "", "", "0",
+                ])
+        events = path.with_suffix(".events")
+        with events.open("w", newline="", encoding="utf-8") as out:
+            rows = csv.writer(out, lineterminator="\n")
+            rows.writerow(records.EVENT_COLUMNS)
+            for n in range(count):
+                rows.writerow([f"p{n:06d}", "2026-03-01 00:00:00.000000", "seen+published", f"h{version}{n}", f"b{version}", ""])
+
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    write(first, "1", 6_000)
+    write(second, "2", 3_000)  # merged over the first: groups kept, replaced or cleared
+    stores = {}
+    for where, above in (("here", 1 << 40), ("apart", 0)):
+        monkeypatch.setattr(records, "APART_ABOVE_BYTES", above)
+        store = stores[where] = StateStore(f"sqlite:///{tmp_path / where}.db")
+        assert store.import_records(P, first) == 6_005
+        assert store.import_records(P, second) == 3_005
+        assert store.import_events(P, "s1", first.with_suffix(".events")) == 6_000
+
+    def stored(store, table) -> list[tuple]:
+        with store.engine.connect() as conn:
+            return conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
+
+    for table in ("records", "record_events"):
+        assert stored(stores["here"], table) == stored(stores["apart"], table)
+    assert len(stored(stores["apart"], "records")) == 6_005
+    apart = stores["apart"]
+    with apart.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON records WHEN new.record_id = 'p000042' BEGIN SELECT RAISE(ABORT, 'no room'); END"
+        )
+    before = stored(apart, "records")
+    with pytest.raises(RuntimeError, match="SQLite did not take first.csv: .*no room"):
+        apart.import_records(P, first)
+    assert stored(apart, "records") == before  # one transaction: nothing of it applied
+    with apart.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse")
+    monkeypatch.setattr(records, "os", SimpleNamespace(getpid=lambda: 1))  # as if the sync had died
+    with pytest.raises(RuntimeError, match="is gone: not committed"):
+        apart.import_records(P, first)
+    assert stored(apart, "records") == before
+    for store in stores.values():
+        store.dispose()
+
+
 def test_only_records_held_at_the_version_last_listed_and_owed_nothing_may_be_taken_unparsed(state_store):
     from hashlib import md5
 

@@ -8,7 +8,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from sync_pipeline.cli import main
-from sync_pipeline.domain import EntityType, SyncMode
+from sync_pipeline.domain import EntityType, SyncMode, SyncStatus
 from sync_pipeline.settings import data_dir
 from sync_pipeline.state import StateStore
 
@@ -108,4 +108,32 @@ def test_an_upgraded_deployment_adopts_what_its_old_local_staging_file_says_the_
     assert not legacy.exists() and legacy.with_name("products.duckdb.adopted").exists()
     store = StateStore(state_url())
     assert store.count_held(EntityType.PRODUCT) == held
+    store.dispose()
+
+
+def test_a_save_the_state_store_refuses_fails_the_sync_and_the_rerun_converges(sync_env, sandbox, monkeypatch):
+    from sync_pipeline.settings import state_url
+
+    # saves every two batches: the state store takes them behind, from a child process, while
+    # the sync goes on publishing; and the trail's table refuses every row
+    monkeypatch.setattr("sync_pipeline.pipeline.SAVE_EVERY_BATCHES", 2)
+    monkeypatch.setattr("sync_pipeline.state.records.APART_ABOVE_BYTES", 0)
+    store = StateStore(state_url())
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON record_events BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
+        )
+    assert main(["sync", "PRODUCT", "--mode", "full"]) != 0
+    failed = last(state_url(), EntityType.PRODUCT)
+    assert failed.status is SyncStatus.FAILED and "the disk is full" in failed.error_message
+    kept = store.count_held(EntityType.PRODUCT)  # the records' rows of each save went in before its events failed
+    assert kept > 0
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse_events")
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    held = sandbox.gateway("PRODUCT")
+    assert held == expected_gateway(sandbox, "PRODUCT")
+    rerun = last(state_url(), EntityType.PRODUCT)
+    assert rerun.num_records == len(held) == store.count_held(EntityType.PRODUCT)
+    assert rerun.published == len(held) - kept  # what the state store took is not sent again
     store.dispose()

@@ -294,7 +294,7 @@ class StagingStore:
         """Write the rows this sync changed and the trail events not yet saved (for the state
         store); `settled_only`: only rows the gateway has answered for (a save while publishing,
         so a record is not written once before it is sent and again after). `mark_saved` forgets
-        them once the state store has them. Returns (rows, events)."""
+        them. Returns (rows, events)."""
         where = "dirty" + (" AND answered" if settled_only else "")
         rows = self._scalar(f"SELECT count(*) FROM known WHERE {where}")
         with self._one_thread():
@@ -391,7 +391,7 @@ class StagingStore:
             self.db.execute(f"SET threads = {int(threads)}")
 
     def mark_saved(self) -> None:
-        """The state store has what `unsaved_to_csv` wrote: forget it (nothing changed meanwhile:
+        """Forget what `unsaved_to_csv` wrote: the files hold it now (nothing changed meanwhile:
         the scratch is used from one thread)."""
         self.db.execute(
             f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saving}"

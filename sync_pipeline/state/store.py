@@ -293,8 +293,10 @@ class StateStore:
         idempotency_key: str,
         item_count: int,
         merchant: str = DEFAULT_MERCHANT,
+        submitted_at: datetime | None = None,
     ) -> None:
-        """Record a submitted batch; a batch id seen again (idempotent replay) is kept once."""
+        """Record a submitted batch (sent now, or at `submitted_at`); a batch id seen again
+        (idempotent replay) is kept once."""
         with self.engine.begin() as conn:
             exists = conn.execute(
                 sa.select(batches.c.batch_id).where(batches.c.batch_id == batch_id, batches.c.merchant_id == merchant)
@@ -313,12 +315,13 @@ class StateStore:
                     item_count=item_count,
                     batch_status="QUEUED",
                     failed_products=[],
-                    submitted_at=utcnow(),
+                    submitted_at=submitted_at or utcnow(),
                 )
             )
 
     def record_batch_outcome(
-        self, batch_id: str, *, batch_status: str, success_count: int, fail_count: int, failed_products: list, ratio: str
+        self, batch_id: str, *, batch_status: str, success_count: int, fail_count: int, failed_products: list, ratio: str,
+        finished_at: datetime | None = None,
     ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -330,7 +333,7 @@ class StateStore:
                     fail_count=fail_count,
                     failed_products=failed_products,
                     ratio=ratio,
-                    finished_at=utcnow(),
+                    finished_at=finished_at or utcnow(),
                 )
             )
 
