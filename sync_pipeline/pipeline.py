@@ -412,7 +412,7 @@ def publish_changes(
     bookkeeping (the gateway replays the rest). The state store's writes (the batches, the saves)
     are made behind, in one thread of their own, while the next batches go out (`WriteBehind`)."""
     started = time.monotonic()
-    save_every = save_every or SAVE_EVERY_BATCHES
+    save_every = SAVE_EVERY_BATCHES if save_every is None else save_every
     staging, state, entity, merchant, sync_id = (
         scratch.staging, scratch.state, scratch.entity, scratch.merchant, scratch.sync_id
     )
@@ -439,11 +439,13 @@ def publish_changes(
     def follow(batch_id: str, submitted: float) -> BatchOutcome:
         crash_point("waiting")
         outcome = watcher.follow(batch_id, submitted)
-        writes(
+        written = writes(
             state.record_batch_outcome, batch_id, batch_status=outcome.batch_status,
             success_count=outcome.success_count, fail_count=outcome.fail_count,
             failed_products=outcome.failed_items, ratio=outcome.ratio, finished_at=utcnow(),
         )
+        if outcome.batch_status == "FAILED" or outcome.fail_count:
+            written.result()  # its key is spent only once written: a crash after must not replay it
         return outcome
 
     def send(operation: Operation, items: list[ChangedRecord]) -> list[tuple[list[ChangedRecord], BatchOutcome]]:

@@ -10,11 +10,14 @@ time so). Made behind, the writes queue instead; a write that fails makes the ne
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class WriteBehind:
@@ -37,8 +40,8 @@ class WriteBehind:
         while self._queued and (wait or self._queued[0].done()):
             error = self._queued.popleft().exception()
             self._error = self._error or error
-        if self._error is not None:
-            raise self._error
+        if self._error is not None:  # a new error each time: one raised in many threads would gather their frames
+            raise StateWriteError(f"the state store did not take a write: {self._error}") from self._error
 
     def close(self) -> None:
         """Wait for every write queued; raise the first error among them."""
@@ -49,5 +52,14 @@ class WriteBehind:
     def __enter__(self) -> WriteBehind:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: object) -> None:
+        try:
+            self.close()
+        except StateWriteError as failed:
+            if error is None:
+                raise
+            log.error("%s (while the sync was failing: %s)", failed, error)  # not raised over the first error
+
+
+class StateWriteError(RuntimeError):
+    """A write made behind failed; its error is the cause."""

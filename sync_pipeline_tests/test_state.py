@@ -320,7 +320,7 @@ def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_
     assert stored(apart, "records") == before  # one transaction: nothing of it applied
     with apart.engine.begin() as conn:
         conn.exec_driver_sql("DROP TRIGGER refuse")
-    monkeypatch.setattr(records, "os", SimpleNamespace(getpid=lambda: 1))  # as if the sync had died
+    monkeypatch.setattr(records, "os", SimpleNamespace(getpid=lambda: -1))  # as if the sync had died
     with pytest.raises(RuntimeError, match="is gone: not committed"):
         apart.import_records(P, first)
     assert stored(apart, "records") == before

@@ -212,12 +212,11 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
         literals = ", ".join(_sql_literal(value) for value in fixed.values())
         values = ", ".join("NULLIF(?, '')" for _ in columns)
         sql = f"INSERT INTO {table} ({targets}) VALUES ({literals}, {values}) {suffix}"
-        database = engine.url.database
-        if database and database != ":memory:" and not database.startswith("file:") \
-                and path.stat().st_size > APART_ABOVE_BYTES:
+        (database, *_), _ = engine.dialect.create_connect_args(engine.url)  # the file, as the engine opens it
+        if database != ":memory:" and not database.startswith("file:") and path.stat().st_size > APART_ABOVE_BYTES:
             return _executemany_apart(database, sql, path)
         with engine.begin() as conn, closing(conn.connection.dbapi_connection.cursor()) as cursor, \
-                path.open(newline="") as source:
+                path.open(newline="", encoding="utf-8") as source:
             reader = csv.reader(source)
             next(reader)
             cursor.executemany(sql, reader)
@@ -237,13 +236,20 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
 _APART = """
 import csv, os, sqlite3, sys
 database, sql, path, parent = sys.argv[1:]
+
+def alive(rows):
+    for number, row in enumerate(rows):
+        if number % 1000 == 0 and os.getppid() != int(parent):
+            sys.exit("the sync this was written for is gone: not committed")
+        yield row
+
 db = sqlite3.connect(database, timeout=30, isolation_level=None)
 db.execute("PRAGMA synchronous=NORMAL")
-with open(path, newline="") as source:
+with open(path, newline="", encoding="utf-8") as source:
     reader = csv.reader(source)
     next(reader)
     db.execute("BEGIN IMMEDIATE")
-    rows = db.executemany(sql, reader).rowcount
+    rows = db.executemany(sql, alive(reader)).rowcount
     if os.getppid() != int(parent):
         sys.exit("the sync this was written for is gone: not committed")
     db.execute("COMMIT")
@@ -259,7 +265,8 @@ def _executemany_apart(database: str, sql: str, path: Path) -> int:
     step. Run so in a thread of the sync, the import and the sync's main thread handed the lock to
     each other at every row: a 1M first sync's imports took 24 s of that thread against 14.5 s
     when the main thread waited for them, and saved no time. Apart, they take a core of their
-    own. A child whose sync died meanwhile (killed) does not commit what that sync knew after it."""
+    own. A child whose sync died meanwhile (killed) stops within a thousand rows and commits
+    nothing: what that sync knew is not written after it, and the lock is not held for long."""
     done = subprocess.run(
         [sys.executable, "-I", "-S", "-c", _APART, database, sql, str(path), str(os.getpid())],
         capture_output=True, text=True,
