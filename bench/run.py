@@ -203,13 +203,6 @@ def markdown(rows: list[dict], api: dict | None) -> str:
             f"| {full['peak_rss_mib']:.0f} / {resync['peak_rss_mib']:.0f} / {latest['peak_rss_mib']:.0f} | {dlt_cells[1]} "
             f"| {r['sandbox_ceiling']['records_per_second']:,} |"
         )
-    children = [
-        f"{r['products']:,}: {r['full_first_sync'].get('children_peak_rss_mib', 0):.0f}"
-        for r in rows if "full_resync_unchanged" in r
-    ]
-    lines.append("")
-    lines.append("The largest child process of a full first sync (SQLite taking a large save), peak RSS MiB, apart"
-                 f" from the sync's own: {', '.join(children)}.")
     lines.append("")
     lines.append(f"Gateway batches took {rows[0]['gateway']} s each (the sandbox's `--batch-seconds`).")
     lines += ["", "| gateway batch s | products | limit: fetch s | limit: fetch+post s | full first sync s | × limit | records/s |",
