@@ -439,13 +439,16 @@ def publish_changes(
     def follow(batch_id: str, submitted: float) -> BatchOutcome:
         crash_point("waiting")
         outcome = watcher.follow(batch_id, submitted)
-        written = writes(
+        # Not waited for, even when the batch had failures (which spend its key): a batch with
+        # one refusal among a thousand is the common case, and waiting behind a save stalled
+        # every publishing thread. A crash before it is written costs one sync: the rerun is
+        # answered by the gateway's replay, records the failures, and the sync after it retries
+        # them under a new key.
+        writes(
             state.record_batch_outcome, batch_id, batch_status=outcome.batch_status,
             success_count=outcome.success_count, fail_count=outcome.fail_count,
             failed_products=outcome.failed_items, ratio=outcome.ratio, finished_at=utcnow(),
         )
-        if outcome.batch_status == "FAILED" or outcome.fail_count:
-            written.result()  # its key is spent only once written: a crash after must not replay it
         return outcome
 
     def send(operation: Operation, items: list[ChangedRecord]) -> list[tuple[list[ChangedRecord], BatchOutcome]]:
