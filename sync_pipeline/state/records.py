@@ -263,8 +263,8 @@ def _executemany_apart(database: str, sql: str, path: Path) -> int:
 
     Python's sqlite3 binds each row under the interpreter lock and gives it up for each row's
     step. Run so in a thread of the sync, the import and the sync's main thread handed the lock to
-    each other at every row: a 1M first sync's imports took 24 s of that thread against 14.5 s
-    when the main thread waited for them, and saved no time. Apart, they take a core of their
+    each other at every row: a 1M first sync's imports took 24 s of that thread, the main thread
+    still waited 5.7 s for them, and the sync was no faster. Apart, they take a core of their
     own. A child whose sync died meanwhile (killed) stops within a thousand rows and commits
     nothing: what that sync knew is not written after it, and the lock is not held for long."""
     done = subprocess.run(
