@@ -32,7 +32,7 @@ from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient,
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import (
-    ChangedRecord, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digest, to_rows,
+    ChangedRecord, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digests_of, to_rows,
 )
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
 from .state import StateStore
@@ -358,7 +358,7 @@ def _sort_listed(
     """Hash each listed record's bytes; note those `index` holds (listed as the gateway holds
     them) in `same`, by sequence and digest, as arrays; parse, validate and append the rest to
     `rows`."""
-    digests = [listed_digest(raw) for raw in raws]
+    digests = listed_digests_of(raws)
     joined = b"".join(digests)
     held = index.contains(joined) if index is not None else np.zeros(len(raws), dtype=bool)
     if held.any():

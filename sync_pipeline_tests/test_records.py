@@ -152,3 +152,13 @@ def test_page_rows_hold_every_records_json_in_one_arrow_ready_buffer():
     column.validate(full=True)
     assert column.to_pylist() == raws == [rows.raw_of(i) for i in range(len(raws))]
     assert PageRows().raw_column().to_pylist() == []
+
+
+@given(st.lists(st.binary(max_size=3000), max_size=20))
+def test_listed_digests_of_many_are_each_records_listed_digest(raws):
+    import msgspec
+
+    from sync_pipeline.staging import listed_digest, listed_digests_of
+
+    as_listed = [msgspec.Raw(raw) for raw in raws]  # as a page read unparsed hands them over
+    assert listed_digests_of(as_listed) == listed_digests_of(raws) == [listed_digest(raw) for raw in raws]

@@ -403,8 +403,8 @@ def test_a_full_sync_that_finds_every_record_changed_fits_the_memory_cap(tmp_pat
     insert_held(staging, 300_000, listed_hash="md5('l' || i::varchar)", refused_times="0", pending="0")
     content = "md5(i::varchar)" if change == "listed as other bytes" else "md5('new' || i::varchar)"
     connection.execute(
-        f"INSERT INTO fetched SELECT i, {record_id}, now(), NULL, NULL, {content}, md5('m' || i::varchar)"
-        " FROM range(300000) t(i)"
+        "INSERT INTO fetched (seq, id, updated_at, raw, reason, content_hash, listed_hash)"
+        f" SELECT i, {record_id}, now(), NULL, NULL, {content}, md5('m' || i::varchar) FROM range(300000) t(i)"
     )
     counts = staging.stage_fetched("s2", now=NOW)
     assert (counts.unique, counts.valid) == (300_000, 300_000)
@@ -429,8 +429,8 @@ def test_a_full_sync_that_finds_every_record_changed_lists_its_changes_within_th
         f" SELECT {record_id}, md5('new' || i::varchar), md5(i::varchar), 0, {PENDING_PUBLISH} FROM range(500000) t(i)"
     )
     connection.execute(  # fetched in the reverse order of the ids
-        f"INSERT INTO fetched SELECT 499999 - i, {record_id}, now(), '{{}}', NULL, md5('new' || i::varchar), NULL"
-        " FROM range(500000) t(i)"
+        "INSERT INTO fetched (seq, id, updated_at, raw, reason, content_hash, listed_hash)"
+        f" SELECT 499999 - i, {record_id}, now(), '{{}}', NULL, md5('new' || i::varchar), NULL FROM range(500000) t(i)"
     )
     ids = [record.id for chunk in staging.changed_since_publish(10_000) for record in chunk]
     assert len(set(ids)) == 500_000

@@ -74,7 +74,7 @@ SCHEMA = f"""
 SET TimeZone = 'UTC';
 CREATE TEMP TABLE IF NOT EXISTS fetched (
     seq BIGINT, id VARCHAR, updated_at TIMESTAMPTZ, raw VARCHAR, reason VARCHAR, content_hash VARCHAR,
-    listed_hash VARCHAR
+    listed_hash VARCHAR, unparsed BOOLEAN NOT NULL DEFAULT false
 );
 CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
@@ -427,8 +427,9 @@ class StagingStore:
         self.db.register("incoming_chunk", chunk)
         try:
             self.db.execute(
-                "INSERT INTO fetched SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason, md5(raw),"
-                " listed_hash FROM (SELECT * REPLACE (decode(raw) AS raw) FROM incoming_chunk)"
+                "INSERT INTO fetched (seq, id, updated_at, raw, reason, content_hash, listed_hash)"
+                " SELECT seq, id, TRY_CAST(updated_at AS TIMESTAMPTZ), raw, reason, md5(raw), listed_hash"
+                " FROM (SELECT * REPLACE (decode(raw) AS raw) FROM incoming_chunk)"
             )
         finally:
             self.db.unregister("incoming_chunk")
@@ -451,8 +452,8 @@ class StagingStore:
             return 0
         [(added,)] = self.db.execute(
             f"""
-            INSERT INTO fetched (seq, id, updated_at, content_hash, listed_hash)
-            SELECT l.seq, k.record_id, k.source_updated_at, k.source_hash, k.listed_hash
+            INSERT INTO fetched (seq, id, updated_at, content_hash, listed_hash, unparsed)
+            SELECT l.seq, k.record_id, k.source_updated_at, k.source_hash, k.listed_hash, true
             FROM listed l JOIN (SELECT * FROM known WHERE {UNCHANGED_IF_LISTED_SAME}) k ON k.listed_hash = l.listed_hash
             """
         ).fetchall()
@@ -488,6 +489,9 @@ class StagingStore:
         # What changed, first, narrow (no JSON): new records, new versions, records that became
         # invalid or valid again, records that came back. An unchanged catalogue yields nothing,
         # and nothing below touches more rows than changed (each step fits DuckDB's memory cap).
+        # Rows `stage_listed` made are left out: each is its known row's own id, version and
+        # listed hash, which UNCHANGED_IF_LISTED_SAME holds for, so none of them can change
+        # anything; a full re-sync of a million unchanged records then joins none of them.
         db.execute("DROP TABLE IF EXISTS changes")
         # A row only `listed_only` is the same version listed as other bytes (keys reordered, or
         # first seen by a release that kept no listed hash): only its listed hash is remembered,
@@ -503,7 +507,7 @@ class StagingStore:
             SELECT f.id, f.content_hash, f.updated_at, f.reason, f.listed_hash, k.record_id IS NULL AS is_new,
                    NOT {changed} AS listed_only, (row_number() OVER () - 1) // {UPDATE_PART_ROWS} AS part
             FROM fetched f LEFT JOIN known k ON k.record_id = f.id
-            WHERE f.id IS NOT NULL AND (
+            WHERE f.id IS NOT NULL AND NOT f.unparsed AND (
                 {changed}
                 OR (f.reason IS NULL AND f.listed_hash IS NOT NULL AND k.listed_hash IS DISTINCT FROM f.listed_hash)
             )
@@ -642,18 +646,21 @@ class StagingStore:
         maps let each slice read its own rows only: the JSON is read once, not once a slice.
         """
         db = self.db
-        if not self._scalar(f"SELECT count(*) FROM known WHERE pending = {PENDING_PUBLISH}"):
+        owed = self._scalar(f"SELECT count(*) FROM known WHERE pending = {PENDING_PUBLISH}")
+        if not owed:
             return  # nothing owed (a full re-sync that found nothing new): no join of a million rows
         db.execute("DROP TABLE IF EXISTS to_publish")
         db.execute("CREATE TEMP TABLE to_publish (seq BIGINT, content_hash VARCHAR, held_hash VARCHAR)")
         # listed a range of fetch sequences at a time: a million changes sorted at once do not
         # fit the memory cap (a full re-sync that finds every record changed failed so at 1M)
         [(first, last)] = db.execute("SELECT min(seq), max(seq) FROM fetched").fetchall()
-        for low in range(first, last + 1, UPDATE_PART_ROWS) if first is not None else ():
+        # (no more than that owed: all in one statement, instead of one join of the catalogue a part)
+        part = UPDATE_PART_ROWS if owed > UPDATE_PART_ROWS else (last or 0) + 1 - (first or 0)
+        for low in range(first, last + 1, part) if first is not None else ():
             db.execute(
                 f"INSERT INTO to_publish SELECT f.seq, f.content_hash, k.held_hash {_CHANGED_FROM}"
                 " AND f.seq >= ? AND f.seq < ? ORDER BY f.seq",
-                [low, low + UPDATE_PART_ROWS],
+                [low, low + part],
             )
         changed = self._scalar("SELECT count(*) FROM to_publish")
         slices = max(1, -(-changed // SLICE_ROWS))
