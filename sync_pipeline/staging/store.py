@@ -815,7 +815,10 @@ class StagingStore:
         db.execute("DELETE FROM outcomes")
 
     def publish_check(self, *, full: bool) -> PublishCheck:
-        """Count, for the records staged this sync, where each ended up."""
+        """Count, for the records staged this sync, where each ended up. A row `stage_listed`
+        made is held at its version by construction (UNCHANGED_IF_LISTED_SAME), and publishing
+        sends none of them: they are counted as such, not joined (a million in a full re-sync)."""
+        [(unparsed,)] = self.db.execute("SELECT count(*) FROM fetched WHERE unparsed").fetchall()
         [(staged, held_current, refused, failed, unexplained)] = self.db.execute(
             f"""
             SELECT count(*),
@@ -827,9 +830,10 @@ class StagingStore:
                                     AND s.kind IS NULL)
             FROM fetched f JOIN known k ON k.record_id = f.id
             LEFT JOIN (SELECT id, last(kind ORDER BY rowid) AS kind FROM settled GROUP BY id) s ON s.id = f.id
-            WHERE f.reason IS NULL
+            WHERE f.reason IS NULL AND NOT f.unparsed
             """
         ).fetchall()
+        staged, held_current = staged + unparsed, held_current + unparsed
         orphans = 0
         if full:
             orphans = self._scalar(
