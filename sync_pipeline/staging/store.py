@@ -678,14 +678,16 @@ class StagingStore:
             if high is not None:
                 where, params = where + " AND f.seq < ? AND t.seq < ?", params + [high, high]
             # The whole slice is read before the first chunk is yielded: the caller records
-            # outcomes on this connection between chunks, which would end an open result.
+            # outcomes on this connection between chunks, which would end an open result. Its
+            # rows are let go as they are handed out, so a record's JSON is freed once its batch
+            # is sent (the caller drops it), not when the whole slice is.
             rows = db.execute(
                 f"SELECT f.id, f.raw, t.content_hash, t.held_hash FROM to_publish t JOIN fetched f ON f.seq = t.seq"
-                f" WHERE true {where} ORDER BY f.id",
+                f" WHERE true {where} ORDER BY f.id DESC",
                 params,
             ).fetchall()
-            for row in rows:
-                chunk.append(ChangedRecord(*row))
+            while rows:
+                chunk.append(ChangedRecord(*rows.pop()))
                 if len(chunk) == chunk_size:
                     yield chunk
                     chunk = []
