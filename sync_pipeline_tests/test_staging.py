@@ -484,6 +484,58 @@ def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsi
     assert staging.db.execute("SELECT raw FROM fetched WHERE id = 'a'").fetchall() == [(None,)]
 
 
+
+@pytest.mark.parametrize("other", ["newer", "older", "same time"])
+def test_a_record_taken_unparsed_and_listed_again_as_other_bytes_is_deduped_and_checked_as_if_joined(syncs, other):
+    """A record listed twice by one full sync (updated while the listing paged): once as the
+    gateway holds it (taken unparsed, left out of the diff and of publish_check's join) and once
+    with new content. The latest copy wins either way, and publish_check counts what the whole
+    join of the rows staged counts."""
+    import orjson
+
+    from sync_pipeline.pipeline import _sort_listed
+    from sync_pipeline.staging import ListedIndex, ListedSame, PageRows
+    from sync_pipeline.state.records import UNCHANGED_IF_LISTED_SAME
+
+    held = [orjson.dumps(product(name)) for name in ("a", "b")]
+    staging = syncs.next()
+    staging.load_rows(to_rows(EntityType.PRODUCT, [orjson.loads(raw) for raw in held], 0))
+    staging.stage_fetched("s1", now=NOW)
+    assert publish_all(staging) == ["a", "b"]
+
+    staging = syncs.next()
+    found = staging.db.execute(f"SELECT listed_hash FROM known WHERE {UNCHANGED_IF_LISTED_SAME}").fetchall()
+    assert found == []  # rows staged from parsed records remember no listed hash: give them one
+    staging.db.execute("UPDATE known SET listed_hash = ? WHERE record_id = 'a'", [_digest_hex(held[0])])
+    staging.db.execute("UPDATE known SET listed_hash = ? WHERE record_id = 'b'", [_digest_hex(held[1])])
+    index = ListedIndex.of(b"".join(bytes.fromhex(_digest_hex(raw)) for raw in held))
+    updated = {"newer": "2025-03-01T11:00:00Z", "older": "2025-03-01T09:00:00Z", "same time": "2025-03-01T10:00:00Z"}
+    listing = [held[0], held[1], orjson.dumps(product("a", updated[other], title="new"))]
+    rows, same = PageRows(), ListedSame()
+    _sort_listed(EntityType.PRODUCT, listing, 0, index, rows, same)
+    staging.load_rows(rows)
+    staging.load_listed(same)
+    assert staging.stage_listed() == 2
+    counts = staging.stage_fetched("s2", now=NOW)
+    assert (counts.fetched, counts.unique, counts.valid) == (3, 2, 2)
+    # the latest copy wins; at the same time, the one listed last
+    assert [r.id for chunk in staging.changed_since_publish(10) for r in chunk] == ([] if other == "older" else ["a"])
+    publish_all(staging)
+    [(staged, held_current)] = staging.db.execute(  # the join publish_check no longer makes for unparsed rows
+        "SELECT count(*), count(*) FILTER (WHERE k.held_hash = f.content_hash)"
+        " FROM fetched f JOIN known k ON k.record_id = f.id WHERE f.reason IS NULL"
+    ).fetchall()
+    check = staging.publish_check(full=True)
+    assert (check.staged, check.held_current, check.unexplained, check.orphans) == (staged, held_current, 0, 0) == (
+        check.staged, 2, 0, 0
+    )
+
+
+def _digest_hex(raw: bytes) -> str:
+    from sync_pipeline.staging import listed_digest
+
+    return listed_digest(raw).hex()
+
 @pytest.mark.parametrize("size", [1, 2, 1000, 50_000])
 def test_the_listed_index_finds_exactly_the_digests_it_holds(size):
     import hashlib
@@ -528,6 +580,25 @@ def test_nothing_is_listed_to_publish_when_nothing_is_owed(syncs):
     staging.db.execute("UPDATE known SET pending = 1, held_hash = NULL WHERE record_id = 'b'")
     assert [r.id for chunk in staging.changed_since_publish(10) for r in chunk] == ["b"]
 
+
+def test_a_few_owed_among_many_fetched_are_listed_in_one_statement_in_the_order_of_parts(tmp_path, monkeypatch):
+    """At most UPDATE_PART_ROWS owed: listed by one statement over every fetch sequence, in the
+    same order as part by part."""
+    from sync_pipeline.staging import store
+
+    staging = StagingStore(connect_scratch(tmp_path / "scratch.duckdb"))
+    insert_held(staging, 250_000, pending=f"CASE WHEN hash(i) % 250 = 0 THEN {PENDING_PUBLISH} ELSE 0 END")
+    staging.db.execute(
+        "INSERT INTO fetched (seq, id, updated_at, raw, reason, content_hash)"
+        f" SELECT 249999 - i, {RECORD_ID}, now(), '{{}}', NULL, md5(i::varchar) FROM range(250000) t(i)"
+    )
+    owed = staging._scalar(f"SELECT count(*) FROM known WHERE pending = {PENDING_PUBLISH}")
+    assert 500 < owed <= store.UPDATE_PART_ROWS
+    monkeypatch.setattr(store, "SLICE_ROWS", 300)
+    in_one = [record.id for chunk in staging.changed_since_publish(100) for record in chunk]
+    monkeypatch.setattr(store, "UPDATE_PART_ROWS", 500)  # fewer than owed: part by part
+    in_parts = [record.id for chunk in staging.changed_since_publish(100) for record in chunk]
+    assert len(in_one) == owed and in_one == in_parts
 
 def test_the_write_back_in_parts_is_byte_for_byte_the_write_back_in_one_sort(tmp_path, monkeypatch):
     """Rows and trail events written a few at a time, by ranges of record_id, make the same

@@ -639,9 +639,10 @@ class StagingStore:
         The order makes batches the same after a crash (same listing, same content, same
         idempotency keys). Sorting the whole catalogue's JSON at once would not fit DuckDB's
         memory cap, so the changes are first listed narrow (fetch sequence and hashes; no JSON)
-        in fetch order, UPDATE_PART_ROWS sequences at a time; that list is cut into slices of
-        about SLICE_ROWS by quantiles of the sequence, and each slice takes its JSON from
-        `fetched` by sequence and is sorted and read in turn. The parsed rows of `fetched` (the
+        in fetch order, UPDATE_PART_ROWS sequences at a time (in one statement when no more than
+        that many are owed); that list is cut into slices of about SLICE_ROWS by quantiles of the
+        sequence, and each slice takes its JSON from `fetched` by sequence and is sorted and read
+        in turn. The parsed rows of `fetched` (the
         only ones with JSON to send) and `to_publish` are stored in fetch order, so DuckDB's zone
         maps let each slice read its own rows only: the JSON is read once, not once a slice.
         """
