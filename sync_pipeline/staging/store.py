@@ -255,6 +255,20 @@ def connect_scratch(path: Path, *, memory_limit: str = "64MB", threads: int = 2)
     )
 
 
+def _without_fsst(db: duckdb.DuckDBPyConnection) -> None:
+    """Keep the scratch's strings without DuckDB's FSST compression (nor, where this DuckDB has
+    it, dictionary-FSST). They are mostly hex hashes, which it packs to half at a high cost each
+    time it writes them: a million of the state store's rows took 1.25 s to load instead of
+    0.75 s, and a first sync's million new rows 1.65 s to insert instead of 1.08 s; the steps
+    after read them no slower. The scratch file is about twice as large, and thrown away."""
+    for methods in ("fsst,dict_fsst", "fsst"):  # dict_fsst is newer than some DuckDB we accept
+        try:
+            db.execute(f"SET disabled_compression_methods = '{methods}'")
+            return
+        except duckdb.NotImplementedException:
+            continue
+
+
 class StagingStore:
     """`park_after`: a record refused this many times in a row at the same version is parked (not
     sent again until its content changes); None never parks. `withdraw_invalid`: a record the
@@ -268,6 +282,7 @@ class StagingStore:
         self.park_after = park_after
         self.withdraw_invalid = withdraw_invalid
         self._saving = "dirty"
+        _without_fsst(self.db)
         self.db.execute(SCHEMA)
         self._outcomes: tuple[list, list, list, list, list] = ([], [], [], [], [])
 
@@ -288,27 +303,7 @@ class StagingStore:
             "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
             f" new_line = '\\n', nullstr = '', columns = {columns!r}, buffer_size = {CSV_BUFFER_BYTES})"
         )
-        with self._fast_to_write():
-            self.db.execute(
-                f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)]
-            )
-
-    @contextmanager
-    def _fast_to_write(self) -> Iterator[None]:
-        """Write what is inside without DuckDB's FSST string compression (nor, where this DuckDB
-        has it, dictionary-FSST). The state store's rows are mostly hex hashes, which it packs
-        to half at a high cost: a million rows took 1.25 s to load and 70 MB of the scratch
-        file, against 0.75 s and 150 MB without it, and the steps after read them no slower."""
-        for methods in ("fsst,dict_fsst", "fsst"):  # dict_fsst is newer than some DuckDB we accept
-            try:
-                self.db.execute(f"SET disabled_compression_methods = '{methods}'")
-                break
-            except duckdb.NotImplementedException:
-                continue
-        try:
-            yield
-        finally:
-            self.db.execute("RESET disabled_compression_methods")
+        self.db.execute(f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
 
     def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:
         """Write the rows this sync changed and the trail events not yet saved (for the state
