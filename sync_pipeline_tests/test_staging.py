@@ -635,3 +635,31 @@ def test_the_write_back_in_parts_is_byte_for_byte_the_write_back_in_one_sort(tmp
     assert write("parts") == whole
     assert whole[2][0] == 401 and whole[0].count(b"\n") > 401
     staging.db.close()
+
+
+@pytest.mark.parametrize("refused, kept", [
+    ("dict_fsst", "SET disabled_compression_methods = 'fsst'"),  # DuckDB 1.2: no dictionary-FSST
+    ("disabled_compression_methods", None),  # DuckDB 1.1: no such setting
+])
+def test_a_duckdb_without_the_compression_setting_or_dict_fsst_still_opens_a_scratch(refused, kept):
+    """Turning FSST off is a speed-up only: an older DuckDB that refuses it keeps what it can."""
+    import duckdb
+
+    from sync_pipeline.staging.store import _without_fsst
+
+    class OlderDuckDB:
+        def __init__(self):
+            self.taken: list[str] = []
+
+        def execute(self, sql: str):
+            if refused in sql:
+                error = duckdb.InvalidInputException if refused == "dict_fsst" else duckdb.CatalogException
+                raise error(f"unrecognized: {refused}")
+            self.taken.append(sql)
+
+    older = OlderDuckDB()
+    _without_fsst(older)
+    assert older.taken == ([kept] if kept else [])
+    current = duckdb.connect()
+    _without_fsst(current)
+    assert current.execute("SELECT current_setting('disabled_compression_methods')").fetchall() == [("FSST,DICT_FSST",)]

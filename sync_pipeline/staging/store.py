@@ -257,15 +257,17 @@ def connect_scratch(path: Path, *, memory_limit: str = "64MB", threads: int = 2)
 
 def _without_fsst(db: duckdb.DuckDBPyConnection) -> None:
     """Keep the scratch's strings without DuckDB's FSST compression (nor, where this DuckDB has
-    it, dictionary-FSST). They are mostly hex hashes, which it packs to half at a high cost each
-    time it writes them: a million of the state store's rows took 1.25 s to load instead of
-    0.75 s, and a first sync's million new rows 1.65 s to insert instead of 1.08 s; the steps
-    after read them no slower. The scratch file is about twice as large, and thrown away."""
-    for methods in ("fsst,dict_fsst", "fsst"):  # dict_fsst is newer than some DuckDB we accept
+    it, dictionary-FSST), for the whole DuckDB database of `db` (a global setting) while it is
+    open. They are mostly hex hashes, which it packs to half at a high cost each time it writes
+    them: a million of the state store's rows took 1.25 s to load instead of 0.75 s, and a first
+    sync's million new rows 1.65 s to insert instead of 1.08 s; the steps after read them no
+    slower. The scratch file is about twice as large, and thrown away. A speed-up only: a DuckDB
+    without the setting (1.1) or without dict_fsst (1.2) keeps what it can."""
+    for methods in ("fsst,dict_fsst", "fsst"):
         try:
             db.execute(f"SET disabled_compression_methods = '{methods}'")
             return
-        except duckdb.NotImplementedException:
+        except duckdb.Error:  # 1.2: InvalidInputException (no dict_fsst); 1.1: CatalogException (no setting)
             continue
 
 
