@@ -659,9 +659,9 @@ class StagingStore:
         in fetch order, UPDATE_PART_ROWS sequences at a time (in one statement when no more than
         that many are owed); that list is cut into slices of about SLICE_ROWS by quantiles of the
         sequence, and each slice takes its JSON from `fetched` by sequence and is sorted and read
-        in turn. The parsed rows of `fetched` (the
-        only ones with JSON to send) and `to_publish` are stored in fetch order, so DuckDB's zone
-        maps let each slice read its own rows only: the JSON is read once, not once a slice.
+        in turn. The parsed rows of `fetched` (the only ones with JSON to send) and `to_publish`
+        are stored in fetch order, so DuckDB's zone maps let each slice read its own rows only:
+        the JSON is read once, not once a slice.
         """
         db = self.db
         owed = self._scalar(f"SELECT count(*) FROM known WHERE pending = {PENDING_PUBLISH}")
@@ -672,14 +672,15 @@ class StagingStore:
         # listed a range of fetch sequences at a time: a million changes sorted at once do not
         # fit the memory cap (a full re-sync that finds every record changed failed so at 1M)
         [(first, last)] = db.execute("SELECT min(seq), max(seq) FROM fetched").fetchall()
-        # (no more than that owed: all in one statement, instead of one join of the catalogue a part)
-        part = UPDATE_PART_ROWS if owed > UPDATE_PART_ROWS else (last or 0) + 1 - (first or 0)
-        for low in range(first, last + 1, part) if first is not None else ():
-            db.execute(
-                f"INSERT INTO to_publish SELECT f.seq, f.content_hash, k.held_hash {_CHANGED_FROM}"
-                " AND f.seq >= ? AND f.seq < ? ORDER BY f.seq",
-                [low, low + part],
-            )
+        if first is not None:
+            # no more than that owed: all in one statement, instead of one join of the catalogue a part
+            part = UPDATE_PART_ROWS if owed > UPDATE_PART_ROWS else last + 1 - first
+            for low in range(first, last + 1, part):
+                db.execute(
+                    f"INSERT INTO to_publish SELECT f.seq, f.content_hash, k.held_hash {_CHANGED_FROM}"
+                    " AND f.seq >= ? AND f.seq < ? ORDER BY f.seq",
+                    [low, low + part],
+                )
         changed = self._scalar("SELECT count(*) FROM to_publish")
         slices = max(1, -(-changed // SLICE_ROWS))
         bounds: list[int] = []
