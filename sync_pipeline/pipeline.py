@@ -28,11 +28,11 @@ import numpy as np
 from . import jsontext
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
-from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key
+from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key_of
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import (
-    ChangedRecord, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digests_of, to_rows,
+    ChangedBatch, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digests_of, to_rows,
 )
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
 from .state import StateStore
@@ -419,16 +419,14 @@ def publish_changes(
     totals = {"published": 0, "failed": 0, "deleted": 0, "batches": 0, "failed_batches": 0}
     unsaved_batches = 0
 
-    def submit(operation: Operation, items: list[ChangedRecord]) -> tuple[str, float]:
+    def submit(operation: Operation, items: ChangedBatch) -> tuple[str, float]:
         """Hand one batch to the gateway and note it; returns its id and when it was sent."""
-        key = state.usable_idempotency_key(
-            idempotency_key(entity, operation, (item.fingerprint for item in items), merchant), merchant
-        )
+        key = state.usable_idempotency_key(idempotency_key_of(entity, operation, items.fingerprints(), merchant), merchant)
         submitted, submitted_at = time.monotonic(), utcnow()
         if operation is Operation.UPSERT:
-            batch_id = gateway.submit_upsert(entity, [item.raw for item in items], key)
+            batch_id = gateway.submit_upsert_json(entity, items.records_json, len(items), key)
         else:
-            batch_id = gateway.submit_delete(entity, [item.id for item in items], key)
+            batch_id = gateway.submit_delete(entity, items.id_list(), key)
         crash_point("publishing")
         writes(
             state.record_batch, batch_id=batch_id, sync_id=sync_id, entity=entity, operation=operation.value,
@@ -451,7 +449,7 @@ def publish_changes(
         )
         return outcome
 
-    def send(operation: Operation, items: list[ChangedRecord]) -> list[tuple[list[ChangedRecord], BatchOutcome]]:
+    def send(operation: Operation, items: ChangedBatch) -> list[tuple[ChangedBatch, BatchOutcome]]:
         """Submit and follow one batch. A batch the gateway refuses as malformed (400) or too
         large (413) goes as two halves, and so on until the item it refuses is alone: that item
         is refused with the gateway's reason, and everything else is published. Only the
@@ -471,7 +469,7 @@ def publish_changes(
                      len(items), error.http_status)
             return send(operation, items[:half]) + send(operation, items[half:])
         if operation is Operation.UPSERT:  # the gateway has the JSON: followed with ids and hashes only
-            items[:] = [item._replace(raw="") for item in items]
+            items = ChangedBatch(items.table)
         return [(items, follow(batch_id, submitted))]
 
     def settle(future: Future, operation: Operation) -> None:
@@ -487,8 +485,7 @@ def publish_changes(
                 continue
             refused = outcome.failed_reasons
             batch_id = outcome.batch_id or None
-            accepted = [item for item in items if item.id not in refused]
-            rejected_items = [item for item in items if item.id in refused]
+            accepted, rejected_items = items.partition(refused)
             if operation is Operation.UPSERT:
                 _note(staging, Outcome.HELD, accepted, batch_id, {})
                 _note(staging, Outcome.REFUSED, rejected_items, batch_id, refused)
@@ -507,9 +504,7 @@ def publish_changes(
             progress(ProgressEvent("publishing", batches=totals["batches"], records=totals["published"],
                                    seconds=time.monotonic() - started))
 
-    deletions = [
-        ChangedRecord(id=i, raw="", content_hash="deleted", published_hash=h) for i, h in staging.pending_deletions()
-    ]
+    deletions = ChangedBatch.deletions(staging.pending_deletions())
     with paused_gc(), scratch.writing_behind() as writes, BatchWatcher(gateway, max_in_flight=workers) as watcher, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
@@ -540,9 +535,9 @@ def publish_changes(
     return PublishResult(seconds=time.monotonic() - started, **totals)
 
 
-def _note(staging: StagingStore, kind: str, items: list[ChangedRecord], batch_id: str, reasons: dict[str, str]) -> None:
+def _note(staging: StagingStore, kind: str, items: ChangedBatch, batch_id: str, reasons: dict[str, str]) -> None:
     if items:
         staging.record_outcomes(
-            kind, [item.id for item in items], [item.content_hash for item in items], batch_id,
-            [reasons.get(item.id) for item in items],
+            kind, items.ids, items.content_hashes, batch_id,
+            [reasons.get(item_id) for item_id in items.id_list()] if reasons else None,
         )

@@ -70,14 +70,18 @@ def idempotency_key(
     (id, old hash, new hash), so a rerun after a crash repeats the key and is not applied
     twice, while a later, genuinely new change to the same content gets a new key.
     """
+    return idempotency_key_of(
+        entity, operation, b"".join(b"\x00" + fingerprint.encode() for fingerprint in fingerprints), merchant
+    )
+
+
+def idempotency_key_of(entity: EntityType, operation: Operation, fingerprints: bytes, merchant: str = "default") -> str:
+    """`idempotency_key` from the fingerprints given as bytes: each UTF-8, after a NUL byte
+    (`ChangedBatch.fingerprints`)."""
     # the merchant too (not `default`'s, whose keys stay as they were): a gateway whose keys are
     # global must not answer one merchant's batch with another's
     scope = f"{entity.value}:{operation.value}" if merchant == "default" else f"{merchant}:{entity.value}:{operation.value}"
-    digest = hashlib.sha256(scope.encode())
-    for fingerprint in fingerprints:
-        digest.update(b"\x00")
-        digest.update(fingerprint.encode())
-    return digest.hexdigest()
+    return hashlib.sha256(scope.encode() + fingerprints).hexdigest()
 
 
 class GatewayClient:
@@ -108,9 +112,12 @@ class GatewayClient:
 
     def submit_upsert(self, entity: EntityType, raw_records: Sequence[str], key: str) -> str:
         """Submit records given as JSON text, unchanged; return the batch id."""
-        _check_size(len(raw_records))
-        body = b'{"operation":"UPSERT","records":[' + ",".join(raw_records).encode() + b"]}"
-        return self._submit(entity, body, key)
+        return self.submit_upsert_json(entity, ",".join(raw_records).encode(), len(raw_records), key)
+
+    def submit_upsert_json(self, entity: EntityType, records_json: bytes, count: int, key: str) -> str:
+        """Submit `count` records given as their JSON joined by commas, unchanged; return the batch id."""
+        _check_size(count)
+        return self._submit(entity, b'{"operation":"UPSERT","records":[' + records_json + b"]}", key)
 
     def submit_delete(self, entity: EntityType, ids: Sequence[str], key: str) -> str:
         _check_size(len(ids))

@@ -29,18 +29,19 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from ..state.records import UNCHANGED_IF_LISTED_SAME
+from .changes import SCHEMA as CHANGED_SCHEMA
+from .changes import ChangedBatch
 from .records import PageRows
 
 PENDING_PUBLISH, PENDING_DELETE = 1, 2
@@ -104,6 +105,7 @@ FETCHED_SCHEMA = pa.schema(
     ]
 )
 LISTED = pa.schema([("seq", pa.int64()), ("digest", pa.binary(16))])
+OUTCOMES = pa.schema([(name, pa.string()) for name in ("id", "kind", "content_hash", "batch_id", "reason")])
 
 OUTCOMES_FLUSH_ROWS = 20_000
 # changed records sorted (and held in memory, JSON and all) at a time before publishing: at 1M
@@ -223,17 +225,6 @@ class StageCounts:
     rejected: int
 
 
-class ChangedRecord(NamedTuple):  # a tuple: a million are made in a first sync of a million
-    id: str
-    raw: str
-    content_hash: str
-    published_hash: str | None
-
-    @property
-    def fingerprint(self) -> str:
-        return f"{self.id}:{self.published_hash}:{self.content_hash}"
-
-
 @dataclass(frozen=True)
 class PublishCheck:
     """After publishing: does the gateway hold what this sync staged?"""
@@ -286,7 +277,8 @@ class StagingStore:
         self._saving = "dirty"
         _without_fsst(self.db)
         self.db.execute(SCHEMA)
-        self._outcomes: tuple[list, list, list, list, list] = ([], [], [], [], [])
+        self._outcomes: list[pa.Table] = []  # not folded yet (record_outcomes)
+        self._outcome_rows = 0
 
     def _scalar(self, sql: str, params: list | None = None):
         # fetchall, not fetchone: a result left unfinished blocks the connection's next call.
@@ -649,9 +641,10 @@ class StagingStore:
     def count_changed(self) -> int:
         return self._scalar(f"SELECT count(*) {_CHANGED_FROM}")
 
-    def changed_since_publish(self, chunk_size: int) -> Iterator[list[ChangedRecord]]:
-        """Records fetched this sync whose version the gateway is owed, in a fixed order: slice
-        by slice in the order they were fetched, by id within each slice.
+    def changed_since_publish(self, chunk_size: int) -> Iterator[ChangedBatch]:
+        """Records fetched this sync whose version the gateway is owed, `chunk_size` at a time
+        (the last batch may be shorter), in a fixed order: slice by slice in the order they
+        were fetched, by id within each slice.
 
         The order makes batches the same after a crash (same listing, same content, same
         idempotency keys). Sorting the whole catalogue's JSON at once would not fit DuckDB's
@@ -689,29 +682,31 @@ class StagingStore:
             [(bounds,)] = db.execute(f"SELECT quantile_disc(seq, {cuts}) FROM to_publish").fetchall()
             bounds = sorted(set(bounds))
         edges = [None, *bounds, None]
-        chunk: list[ChangedRecord] = []
+        rest = None  # a slice's last records, short of a batch: the first of the next slice's batch
         for low, high in zip(edges, edges[1:]):
             where, params = "", []
             if low is not None:
                 where, params = where + " AND f.seq >= ? AND t.seq >= ?", params + [low, low]
             if high is not None:
                 where, params = where + " AND f.seq < ? AND t.seq < ?", params + [high, high]
-            # The whole slice is read before the first chunk is yielded: the caller records
-            # outcomes on this connection between chunks, which would end an open result. Its
-            # rows are let go as they are handed out, so a record's JSON is freed once its batch
-            # is sent (the caller drops it), not when the whole slice is.
-            rows = db.execute(
-                f"SELECT f.id, f.raw, t.content_hash, t.held_hash FROM to_publish t JOIN fetched f ON f.seq = t.seq"
-                f" WHERE true {where} ORDER BY f.id DESC",
-                params,
-            ).fetchall()
-            while rows:
-                chunk.append(ChangedRecord(*rows.pop()))
-                if len(chunk) == chunk_size:
-                    yield chunk
-                    chunk = []
-        if chunk:
-            yield chunk
+            # The whole slice is read before the first batch is yielded: the caller records
+            # outcomes on this connection between batches, which would end an open result. In
+            # Arrow: a batch's JSON is joined for its request as it is made, and let go once sent.
+            table = _arrow(db.sql(
+                "SELECT f.id, f.raw, t.content_hash, t.held_hash FROM to_publish t JOIN fetched f ON f.seq = t.seq"
+                f" WHERE true {where} ORDER BY f.id",
+                params=params,
+            )).cast(CHANGED_SCHEMA)
+            if rest is not None:
+                table = pa.concat_tables([rest, table])
+            start = 0
+            while table.num_rows - start >= chunk_size:
+                yield ChangedBatch.of_rows(table.slice(start, chunk_size))
+                start += chunk_size
+            rest = table.slice(start) if start < table.num_rows else None
+            del table
+        if rest is not None:
+            yield ChangedBatch.of_rows(rest)
 
     def referenced_ids(self) -> list[tuple[str, str]]:
         """(collection id, product id) for each product the valid collections of this sync name."""
@@ -726,40 +721,40 @@ class StagingStore:
 
     # --- outcome -------------------------------------------------------------------------
     def record_outcomes(
-        self, kind: str, ids: list[str], hashes: list[str | None], batch_id: str | None, reasons: list[str | None]
+        self, kind: str, ids: Sequence[str] | pa.Array | pa.ChunkedArray,
+        hashes: Sequence[str | None] | pa.Array | pa.ChunkedArray, batch_id: str | None,
+        reasons: Sequence[str | None] | None = None,
     ) -> None:
         """Note what the gateway did with these items (cheap, append-only); `fold_outcomes`
-        applies them to `known`."""
+        applies them to `known`. `ids` and `hashes` as lists or Arrow arrays (a batch's
+        columns); `reasons` None for none."""
         # Buffered and written in large chunks. Losing the buffer in a crash loses nothing:
         # the next sync sends those items again under the same keys, and the gateway replays.
-        buffered = self._outcomes
-        buffered[0].extend(ids)
-        buffered[1].extend([kind] * len(ids))
-        buffered[2].extend(hashes)
-        buffered[3].extend([batch_id] * len(ids))
-        buffered[4].extend(reasons)
-        if len(buffered[0]) >= OUTCOMES_FLUSH_ROWS:
+        count = len(ids)
+        if not count:
+            return
+        self._outcomes.append(pa.table(
+            [
+                _strings(ids), pa.array([kind] * count, pa.string()), _strings(hashes),
+                pa.array([batch_id] * count, pa.string()),
+                pa.nulls(count, pa.string()) if reasons is None else _strings(reasons),
+            ],
+            schema=OUTCOMES,
+        ))
+        self._outcome_rows += count
+        if self._outcome_rows >= OUTCOMES_FLUSH_ROWS:
             self._flush_outcomes()
 
     def _flush_outcomes(self) -> None:
-        ids, kinds, hashes, batch_ids, reasons = self._outcomes
-        if not ids:
+        if not self._outcomes:
             return
-        table = pa.table(
-            {
-                "id": pa.array(ids, pa.string()),
-                "kind": pa.array(kinds, pa.string()),
-                "content_hash": pa.array(hashes, pa.string()),
-                "batch_id": pa.array(batch_ids, pa.string()),
-                "reason": pa.array(reasons, pa.string()),
-            }
-        )
+        table = pa.concat_tables(self._outcomes)
         self.db.register("outcomes_chunk", table)
         try:
             self.db.execute("INSERT INTO outcomes SELECT * FROM outcomes_chunk")
         finally:
             self.db.unregister("outcomes_chunk")
-        self._outcomes = ([], [], [], [], [])
+        self._outcomes, self._outcome_rows = [], 0
 
     def fold_outcomes(self, now: datetime) -> None:
         """Apply the buffered outcomes to `known` in set operations: what the gateway now
@@ -868,6 +863,19 @@ _CHANGED_FROM = f"""
 FROM fetched f JOIN known k ON k.record_id = f.id
 WHERE f.reason IS NULL AND k.pending = {PENDING_PUBLISH} AND k.source_hash = f.content_hash
 """
+
+
+def _strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == pa.string() else values.cast(pa.string())
+    return pa.array(values, pa.string())
+
+
+def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    """The relation's rows as one Arrow table (`to_arrow_table` from DuckDB 1.4, before it
+    `fetch_arrow_table`)."""
+    to_table = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
+    return to_table()
 
 
 def _sql_path(path: Path) -> str:
