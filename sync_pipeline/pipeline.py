@@ -421,7 +421,8 @@ def publish_changes(
 
     def submit(operation: Operation, items: ChangedBatch) -> tuple[str, float]:
         """Hand one batch to the gateway and note it; returns its id and when it was sent."""
-        key = state.usable_idempotency_key(idempotency_key_of(entity, operation, items.fingerprints(), merchant), merchant)
+        key = idempotency_key_of(entity, operation, items.fingerprints(), merchant)
+        key = state.usable_idempotency_key(key, merchant)
         submitted, submitted_at = time.monotonic(), utcnow()
         if operation is Operation.UPSERT:
             batch_id = gateway.submit_upsert_json(entity, items.records_json, len(items), key)
@@ -468,8 +469,7 @@ def publish_changes(
             log.info("the gateway refused a batch of %d (HTTP %s): sending it as two halves",
                      len(items), error.http_status)
             return send(operation, items[:half]) + send(operation, items[half:])
-        if operation is Operation.UPSERT:  # the gateway has the JSON: followed with ids and hashes only
-            items = ChangedBatch(items.table)
+        items.let_go_of_json()  # the gateway has it
         return [(items, follow(batch_id, submitted))]
 
     def settle(future: Future, operation: Operation) -> None:

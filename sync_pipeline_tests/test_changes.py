@@ -3,6 +3,7 @@ records given one by one make (ChangedRecord, idempotency_key), whatever the ids
 
 import json
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +11,8 @@ from hypothesis import strategies as st
 from sync_pipeline.domain import EntityType
 from sync_pipeline.gateway import Operation, idempotency_key, idempotency_key_of
 from sync_pipeline.staging import ChangedBatch, ChangedRecord, StagingStore, connect_scratch
+from sync_pipeline.staging import store as staging_store
+from sync_pipeline.staging.changes import SCHEMA
 
 texts = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 records = st.lists(
@@ -41,6 +44,16 @@ def test_a_batch_is_its_records_one_after_the_other(given_records, data):
     assert list(part) == given_records[start:stop]
     assert part.records_json == ChangedBatch.of(given_records[start:stop]).records_json
     assert part.fingerprints() == ChangedBatch.of(given_records[start:stop]).fingerprints()
+    # rows read from the scratch come in chunks, at an offset into them
+    rows = pa.concat_tables([ChangedBatch.of(given_records[:start]).table, ChangedBatch.of(given_records).table])
+    as_read = pa.concat_tables([_with_json(given_records[:start]), _with_json(given_records)]).slice(start)
+    assert list(ChangedBatch.of_rows(as_read)) == given_records
+    assert rows.num_rows == len(given_records) + start
+
+
+def _with_json(given_records):
+    columns = list(zip(*given_records)) if given_records else [()] * 4
+    return pa.table([pa.array(list(values), pa.string()) for values in columns], schema=SCHEMA)
 
 
 def test_a_batch_is_parted_by_the_ids_the_gateway_refused():
@@ -61,9 +74,11 @@ def test_deletions_have_no_json_and_the_key_of_their_fingerprints():
     assert batch[1:].id_list() == ["b"]
 
 
-def test_batches_read_from_the_scratch_let_go_of_the_slice_they_were_cut_from(tmp_path):
+def test_batches_read_from_the_scratch_let_go_of_the_slice_they_were_cut_from(tmp_path, monkeypatch):
     """A batch's ids and hashes are its own buffers: outcomes keep them long after the JSON is
-    sent, and a slice of the query's result would keep the whole result (its JSON too) alive."""
+    sent, and a slice of the query's result would keep the whole result (its JSON too) alive.
+    Slices of 700 records: batches of 1000 are made of two or three of them."""
+    monkeypatch.setattr(staging_store, "SLICE_ROWS", 700)
     staging = StagingStore(connect_scratch(tmp_path / "s.duckdb"))
     staging.db.execute(
         "INSERT INTO fetched (seq, id, raw, content_hash) SELECT i, 'p' || i, '{\"id\":\"p' || i || '\"}', 'h' || i"
@@ -72,13 +87,21 @@ def test_batches_read_from_the_scratch_let_go_of_the_slice_they_were_cut_from(tm
     staging.db.execute("INSERT INTO known (record_id, source_hash, pending) SELECT id, content_hash, 1 FROM fetched")
     batches = list(staging.changed_since_publish(1000))
     assert [len(b) for b in batches] == [1000, 1000, 500]
-    sent = sorted(f"p{i}" for i in range(2500))
-    assert [r.id for b in batches for r in b] == sent
+    sent = [r.id for b in batches for r in b]  # their order: test_staging
+    assert sorted(sent) == sorted(f"p{i}" for i in range(2500))
     assert b",".join(b.records_json for b in batches) == ",".join(f'{{"id":"{i}"}}' for i in sent).encode()
     for batch in batches:
         size = sum(buffer.size for column in batch.table.columns for chunk in column.chunks
                    for buffer in chunk.buffers() if buffer is not None)
         assert size < 32 * len(batch), "a batch's columns hold more than its own ids and hashes"
+
+
+def test_a_sent_batch_lets_go_of_its_json_and_keeps_what_its_outcome_needs():
+    batch = ChangedBatch.of([ChangedRecord(i, f'{{"id":"{i}"}}', f"h{i}", None) for i in "ab"])
+    batch.let_go_of_json()
+    assert batch.records_json is None
+    assert list(batch) == [ChangedRecord("a", None, "ha", None), ChangedRecord("b", None, "hb", None)]
+    assert batch.fingerprints() == b"\x00a:None:ha\x00b:None:hb"
 
 
 @pytest.mark.parametrize("index", [-6, 5])

@@ -1,11 +1,5 @@
-"""What publishing sends: the records the gateway is owed, a batch at a time, as Arrow columns.
-
-A first sync of a million records used to make a million Python tuples (and four million
-strings) only to join their JSON into request bodies and their ids and hashes into keys and
-outcomes. A `ChangedBatch` keeps the columns DuckDB answered with, and its records' JSON as the
-one string a request sends (joined by Arrow as the batch is made): its key and its outcomes
-are made from the columns by Arrow's compute functions, and no record becomes a Python object
-unless it is looked at one by one (a refusal, a split, a test)."""
+"""What publishing sends: the records the gateway is owed, a batch at a time, as Arrow columns
+and one run of JSON bytes, with no Python object per record."""
 
 from __future__ import annotations
 
@@ -20,14 +14,14 @@ DELETED = "deleted"  # the content hash of a deletion
 # what changed_since_publish reads for each record, in the order sent
 SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "raw", "content_hash", "held_hash")])
 COLUMNS = ("id", "content_hash", "held_hash")  # what a batch keeps as columns
-# Arrow's default allocator (mimalloc) kept what the publishing threads freed: 14 MiB more on
-# a 1M first sync's peak
+# For what a batch makes for each batch: Arrow's default allocator (mimalloc) kept what it
+# freed, 14 MiB more on a 1M first sync's peak
 POOL = pa.system_memory_pool()
 
 
 class ChangedRecord(NamedTuple):
     id: str
-    raw: str | None  # the JSON to send; None for a deletion
+    raw: str | None  # the JSON to send; None for a deletion, or once sent
     content_hash: str
     published_hash: str | None  # what the gateway holds (held_hash), None for nothing
 
@@ -38,29 +32,29 @@ class ChangedRecord(NamedTuple):
 
 class ChangedBatch(Sequence[ChangedRecord]):
     """Records in the order they are sent: ids and hashes as an Arrow table (COLUMNS), and for
-    upserts their JSON as one UTF-8 string joined by commas (the inside of the request's
-    `records` array), with where each record ends in it. A sequence of `ChangedRecord`s, each
-    made when asked for."""
+    upserts, until they are sent, their JSON as one UTF-8 string joined by commas (the inside of
+    the request's `records` array), with where each record ends in it. A sequence of
+    `ChangedRecord`s, each made when asked for. A first sync of a million records used to make a
+    million Python tuples (and four million strings) only to join them into bodies and keys."""
 
     __slots__ = ("table", "records_json", "_ends")
 
     def __init__(self, table: pa.Table, records_json: bytes | None = None, ends: np.ndarray | None = None):
         self.table = table
-        self.records_json = records_json  # None for deletions
+        self.records_json = records_json  # None for deletions, and once sent (`let_go_of_json`)
         self._ends = ends  # the end of each record's JSON in records_json (a comma or the end follows)
 
     @classmethod
     def of_rows(cls, rows: pa.Table) -> ChangedBatch:
         """From rows of SCHEMA: their JSON joined here (in Arrow), the rest kept as columns of
-        their own. Copied, not sliced: a slice keeps every buffer of the record batch it is cut
-        from alive (an Arrow import holds the exporter's batch whole), and a batch is kept until
-        its outcome is folded, well after its JSON is sent."""
+        their own (`copied`): a batch is kept until its outcome is folded, well after its JSON
+        is sent."""
         raw = rows.column("raw").combine_chunks(memory_pool=POOL)
         if raw.null_count:
             raise ValueError("a record to send has no JSON")
         offsets = np.frombuffer(raw.buffers()[1], dtype=np.int32)[raw.offset : raw.offset + len(raw) + 1]
         ends = offsets[1:] - offsets[0] + np.arange(len(raw))  # a comma after each record but the last
-        columns = pc.take(rows.select(COLUMNS), np.arange(rows.num_rows), memory_pool=POOL)
+        columns = copied(rows.select(COLUMNS))
         return cls(columns, _joined(raw, ","), ends)
 
     @classmethod
@@ -108,6 +102,12 @@ class ChangedBatch(Sequence[ChangedRecord]):
             raw = self.records_json[self._start(index):int(self._ends[index])].decode()
         return ChangedRecord(record_id, raw, content_hash, held_hash)
 
+    def let_go_of_json(self) -> None:
+        """Once the gateway has the batch: it is followed, and its outcome folded, by ids and
+        hashes only. In place, for whoever else holds the batch (the pool's work item, the loop
+        that made it) until it is followed to its end."""
+        self.records_json = self._ends = None
+
     def _start(self, index: int) -> int:
         """Where record `index`'s JSON starts in records_json (len + 1 for one past the last)."""
         return 0 if index == 0 else int(self._ends[index - 1]) + 1
@@ -140,6 +140,12 @@ class ChangedBatch(Sequence[ChangedRecord]):
         return (
             ChangedBatch(self.table.filter(pc.invert(named, memory_pool=POOL))), ChangedBatch(self.table.filter(named))
         )
+
+
+def copied(rows: pa.Table) -> pa.Table:
+    """`rows` in buffers of their own. A slice keeps every buffer of the record batch it is cut
+    from alive: an Arrow import (DuckDB's result) holds the exporter's batch whole."""
+    return pc.take(rows, np.arange(rows.num_rows), memory_pool=POOL)
 
 
 def _joined(strings: pa.ChunkedArray | pa.Array, separator: str) -> bytes:

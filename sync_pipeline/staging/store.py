@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from ..state.records import UNCHANGED_IF_LISTED_SAME
 from .changes import SCHEMA as CHANGED_SCHEMA
-from .changes import ChangedBatch
+from .changes import ChangedBatch, copied
 from .records import PageRows
 
 PENDING_PUBLISH, PENDING_DELETE = 1, 2
@@ -656,6 +656,8 @@ class StagingStore:
         are stored in fetch order, so DuckDB's zone maps let each slice read its own rows only:
         the JSON is read once, not once a slice.
         """
+        if chunk_size < 1:
+            raise ValueError(f"a batch holds at least one record, not {chunk_size}")
         db = self.db
         owed = self._scalar(f"SELECT count(*) FROM known WHERE pending = {PENDING_PUBLISH}")
         if not owed:
@@ -703,7 +705,8 @@ class StagingStore:
             while table.num_rows - start >= chunk_size:
                 yield ChangedBatch.of_rows(table.slice(start, chunk_size))
                 start += chunk_size
-            rest = table.slice(start) if start < table.num_rows else None
+            # copied: a slice would keep this slice's whole result alive while the next is read
+            rest = copied(table.slice(start)) if start < table.num_rows else None
             del table
         if rest is not None:
             yield ChangedBatch.of_rows(rest)
@@ -872,8 +875,8 @@ def _strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Ar
 
 
 def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
-    """The relation's rows as one Arrow table (`to_arrow_table` from DuckDB 1.4, before it
-    `fetch_arrow_table`)."""
+    """The relation's rows as one Arrow table (`to_arrow_table`: DuckDB 2.0 deprecates
+    `fetch_arrow_table`, which older versions have)."""
     to_table = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
     return to_table()
 
