@@ -13,8 +13,8 @@ DELETED = "deleted"  # the content hash of a deletion
 # what changed_since_publish reads for each record, in the order sent
 SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "raw", "content_hash", "held_hash")])
 COLUMNS = ("id", "content_hash", "held_hash")  # what a batch keeps as columns
-# For what a batch makes for each batch: Arrow's default allocator (mimalloc) kept what it
-# freed, 14 MiB more on a 1M first sync's peak
+# The allocator of what batches are made of: Arrow's default (mimalloc) kept what they freed,
+# 14 MiB more on a 1M first sync's peak
 POOL = pa.system_memory_pool()
 
 
