@@ -305,7 +305,20 @@ class StagingStore:
         so a record is not written once before it is sent and again after). `mark_saved` forgets
         them. Returns (rows, events)."""
         where = "dirty" + (" AND answered" if settled_only else "")
-        rows = self._scalar(f"SELECT count(*) FROM known WHERE {where}")
+        # Taken from `known` once: each part of the write-out below, and each count, would scan
+        # the whole catalogue again (about 20 scans a save: 0.65 of a save's 0.95 s at 1M).
+        # A table of the scratch's file, not a temporary one, so that it spills within the cap.
+        self.db.execute("DROP TABLE IF EXISTS saving")
+        self.db.execute(f"CREATE TABLE saving AS SELECT * FROM known WHERE {where}")
+        try:
+            rows, events = self._saving_to_csv(rows_path, events_path)
+        finally:
+            self.db.execute("DROP TABLE saving")
+        self._saving = where
+        return rows, events
+
+    def _saving_to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
+        rows = self._scalar("SELECT count(*) FROM saving")
         with self._one_thread():
             if rows:
                 columns = ", ".join(
@@ -313,12 +326,12 @@ class StagingStore:
                     for name, kind in KNOWN_COLUMNS.items()
                 )
                 # in key order: the state store's indexes take sorted rows far faster than shuffled
-                self._copy_in_key_order(columns, f"(SELECT * FROM known WHERE {where})", "record_id", rows, rows_path)
+                self._copy_in_key_order(columns, "saving", "record_id", rows, rows_path)
             # the `seen` and `published` events not yet written of the rows written now (one
             # `seen+published` when the version published is the one seen), then `events`
             both = "(seen_unsaved AND published_unsaved AND held_hash IS NOT DISTINCT FROM source_hash)"
-            seen = f"FROM known WHERE {where} AND seen_unsaved AND NOT {both}"
-            published = f"FROM known WHERE {where} AND published_unsaved"
+            seen = f"FROM saving WHERE seen_unsaved AND NOT {both}"
+            published = "FROM saving WHERE published_unsaved"
             events = self._scalar(
                 f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) {published}) + (SELECT count(*) FROM events)"
             )
@@ -342,7 +355,6 @@ class StagingStore:
                     )""",
                     "record_id, position", events, events_path,
                 )
-        self._saving = where
         return rows, events
 
     def _copy_in_key_order(self, columns: str, source: str, order: str, rows: int, path: Path) -> None:
