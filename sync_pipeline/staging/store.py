@@ -23,6 +23,7 @@ Tables:
   events    each record's trail this sync (rejected, refused, parked, failed, gone, deleted;
             seen and published are made from `known`), written to the state store with the
             changed rows
+  saving    while a save is written out: the rows of `known` it writes, taken once
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import csv
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -306,14 +307,15 @@ class StagingStore:
         them. Returns (rows, events)."""
         where = "dirty" + (" AND answered" if settled_only else "")
         # Taken from `known` once: each part of the write-out below, and each count, would scan
-        # the whole catalogue again (about 20 scans a save: 0.65 of a save's 0.95 s at 1M).
-        # A table of the scratch's file, not a temporary one, so that it spills within the cap.
+        # the whole catalogue again (about 20 scans a save: 0.95 s a save of 100,000 of 1M
+        # rows, 0.45 s now). A temporary table, as `fetched`: no write-ahead log, and it spills.
         self.db.execute("DROP TABLE IF EXISTS saving")
-        self.db.execute(f"CREATE TABLE saving AS SELECT * FROM known WHERE {where}")
+        self.db.execute(f"CREATE TEMP TABLE saving AS SELECT * FROM known WHERE {where}")
         try:
             rows, events = self._saving_to_csv(rows_path, events_path)
         finally:
-            self.db.execute("DROP TABLE saving")
+            with suppress(duckdb.Error):  # a scratch DuckDB gave up on: its own error is the one to see
+                self.db.execute("DROP TABLE saving")
         self._saving = where
         return rows, events
 
@@ -855,11 +857,12 @@ class StagingStore:
         # sync's million answers) took most of this check's 0.7 s.
         [(staged, held_current, refused, failed, unexplained)] = self.db.execute(
             f"""
-            WITH staged AS (
-                SELECT f.id, k.held_hash = f.content_hash AS current, k.pending
+            WITH staged AS MATERIALIZED (
+                SELECT f.id, k.held_hash = f.content_hash AS current,
+                       k.held_hash IS DISTINCT FROM f.content_hash AS is_behind, k.pending
                 FROM fetched f JOIN known k ON k.record_id = f.id
                 WHERE f.reason IS NULL AND NOT f.unparsed
-            ), behind AS (SELECT id, pending FROM staged WHERE current IS NOT TRUE),
+            ), behind AS (SELECT id, pending FROM staged WHERE is_behind),
             answers AS (
                 SELECT id, last(kind ORDER BY rowid) AS kind FROM settled
                 WHERE id IN (SELECT id FROM behind) GROUP BY id
