@@ -49,3 +49,30 @@ def test_a_sync_prints_a_line_at_each_end_and_a_progress_bar_on_a_terminal(sync_
     assert lines[1].startswith("PRODUCT: 2100 PartialSuccess: fetched 5000")
     code, out = run_cli("sync", "PRODUCT", "--mode", "full", env=dict(os.environ), tty=True)
     assert code == 0 and "PRODUCT fetching:" in out and "records/s" in out, out[-2000:]
+
+
+def test_the_run_log_gets_a_progress_line_every_few_seconds_of_a_phase():
+    """Every progress event reaches the progress bar; the run's log gets a line only every
+    PROGRESS_LOG_SECONDS of each phase (a line is an event the instance stores while the sync
+    waits: one every 50 pages and 20 batches made 70 of a 1M first sync)."""
+    from types import SimpleNamespace
+
+    from sync_pipeline import progress
+    from sync_pipeline.defs.assets import PROGRESS_LOG_SECONDS, _progress
+    from sync_pipeline.progress import ProgressEvent
+
+    lines, heard = [], []
+    note = _progress(SimpleNamespace(log=SimpleNamespace(info=lines.append)))
+    progress.add_listener(heard.append)
+    step = PROGRESS_LOG_SECONDS / 4
+    try:
+        for phase in ("fetching", "publishing"):
+            for i in range(1, 11):  # two and a half periods of the phase, a quarter apart
+                note(ProgressEvent(phase, pages=i, records=1000 * i, batches=i, seconds=i * step))
+    finally:
+        progress.remove_listener(heard.append)
+    assert len(heard) == 20
+    assert lines == [
+        ProgressEvent(phase, pages=i, records=1000 * i, batches=i, seconds=i * step).describe()
+        for phase in ("fetching", "publishing") for i in (4, 8)
+    ]
