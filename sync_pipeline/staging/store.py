@@ -320,6 +320,7 @@ class StagingStore:
         return rows, events
 
     def _saving_to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
+        """Write the rows in `saving` and their events, and the events of `events`, to the files."""
         rows = self._scalar("SELECT count(*) FROM saving")
         with self._one_thread():
             if rows:
