@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from ..state.records import UNCHANGED_IF_LISTED_SAME
 from .changes import SCHEMA as CHANGED_SCHEMA
-from .changes import ChangedBatch, copied
+from .changes import DELETED, ChangedBatch, copied
 from .records import PageRows
 
 PENDING_PUBLISH, PENDING_DELETE = 1, 2
@@ -275,7 +275,7 @@ class StagingStore:
         self.db = connection
         self.park_after = park_after
         self.withdraw_invalid = withdraw_invalid
-        self._saving = "dirty"
+        self._saved_where = "dirty"
         _without_fsst(self.db)
         self.db.execute(SCHEMA)
         self._outcomes: list[pa.Table] = []  # not folded yet (record_outcomes)
@@ -316,7 +316,7 @@ class StagingStore:
         finally:
             with suppress(duckdb.Error):  # a scratch DuckDB gave up on: its own error is the one to see
                 self.db.execute("DROP TABLE saving")
-        self._saving = where
+        self._saved_where = where
         return rows, events
 
     def _saving_to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
@@ -418,7 +418,7 @@ class StagingStore:
         """Forget what `unsaved_to_csv` wrote: the files hold it now (nothing changed meanwhile:
         the scratch is used from one thread)."""
         self.db.execute(
-            f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saving}"
+            f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saved_where}"
         )
         self.db.execute("DELETE FROM events")
 
@@ -799,7 +799,7 @@ class StagingStore:
         db.execute(
             f"""
             INSERT INTO events SELECT id, ?, kind,
-                CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, 'deleted') END, batch_id, reason
+                CASE WHEN kind = '{Outcome.DELETED}' THEN NULL ELSE NULLIF(content_hash, '{DELETED}') END, batch_id, reason
             FROM outcomes WHERE kind <> '{Outcome.HELD}'
             """,
             [now],
