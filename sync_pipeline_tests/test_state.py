@@ -262,10 +262,12 @@ def test_the_sqlite_export_keeps_ids_and_reasons_with_a_nul_a_comma_a_quote_or_a
     store.dispose()
 
 
-def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_from_this_one(tmp_path, monkeypatch):
-    """A large save is written into SQLite by a child process (off the sync's interpreter lock):
-    the same rows, merged the same way, as in this process; a refusal is an error naming the
-    reason and applies nothing; and a child whose sync has died commits nothing."""
+@pytest.mark.parametrize("nul", [False, True], ids=["read-by-sqlite", "with-a-nul"])
+def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_from_this_one(tmp_path, monkeypatch, nul):
+    """A large save is written into SQLite by a child process (off the sync's interpreter lock),
+    which has SQLite read the file itself, or (a NUL character in it) Python's CSV reader: the
+    same rows, merged the same way, as in this process; a refusal is an error naming the reason
+    and applies nothing; and a child whose sync has died commits nothing."""
     import csv
     from types import SimpleNamespace
 
@@ -275,7 +277,7 @@ def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_
         with path.open("w", newline="", encoding="utf-8") as out:
             out.write(RECORD_HEADER)
             rows = csv.writer(out, lineterminator="\n")
-            odd = ["a\x00b", "c,d", "e\nf", 'g"h', "\u00e9\u2603"]
+            odd = ["a\x00b" if nul else "a'b", "c,d", "e\nf", 'g"h', "\u00e9\u2603"]
             for n, record_id in enumerate(odd + [f"p{n:06d}" for n in range(count)]):
                 held = n % 3 != 0
                 rows.writerow([
@@ -291,7 +293,7 @@ def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_
             for n in range(count):
                 rows.writerow([f"p{n:06d}", "2026-03-01 00:00:00.000000", "seen+published", f"h{version}{n}", f"b{version}", ""])
 
-    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first, second = tmp_path / "first's.csv", tmp_path / "second.csv"  # a quote in a path, too
     write(first, "1", 6_000)
     write(second, "2", 3_000)  # merged over the first: groups kept, replaced or cleared
     stores = {}
@@ -315,7 +317,7 @@ def test_a_large_file_goes_into_sqlite_from_a_child_process_exactly_as_it_would_
             "CREATE TRIGGER refuse BEFORE UPDATE ON records WHEN new.record_id = 'p000042' BEGIN SELECT RAISE(ABORT, 'no room'); END"
         )
     before = stored(apart, "records")
-    with pytest.raises(RuntimeError, match="SQLite did not take first.csv: .*no room"):
+    with pytest.raises(RuntimeError, match="SQLite did not take first's.csv: .*no room"):
         apart.import_records(P, first)
     assert stored(apart, "records") == before  # one transaction: nothing of it applied
     with apart.engine.begin() as conn:
