@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -71,7 +72,9 @@ class SyncScratch:
     sync_id: str
     _files: int = field(default=0, repr=False)
     writes: WriteBehind | None = field(default=None, repr=False)  # see `writing_behind`
-    _importing: Future | None = field(default=None, repr=False)
+    _writing_out: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _written: Future | None = field(default=None, repr=False)  # the last save's files
+    _imports: deque[Future] = field(default_factory=deque, repr=False)  # the saves the state store has not taken yet
 
     def _file(self, name: str, suffix: str = ".csv") -> Path:
         self._files += 1
@@ -92,46 +95,56 @@ class SyncScratch:
         path.unlink()
         return count
 
-    def save(self, *, settled_only: bool = False) -> int:
+    def save(self, *, settled_only: bool = False) -> None:
         """Write back to the state store the rows this sync changed since the last save (with
         `settled_only`, only those the gateway has answered for), and the records' trail events.
 
-        The scratch writes them to files and forgets them; the state store takes the files in
-        this thread, or inside `writing_behind` in the thread of its writes, after the save
-        before (waited for here: a save that failed stops the sync at the next). Should the state
-        store fail to take them, the sync fails, as a crash there would: the next sync starts from
-        what the state store has, and the gateway replays what it was sent again."""
-        if self._importing is not None:
-            self._importing.result()
+        The scratch hands them over in a DuckDB connection of their own and forgets them. They
+        are written to files, and the state store takes the files: in this thread; or, inside
+        `writing_behind`, the files are written in a thread of their own and taken in the thread
+        of the state store's writes, while this one goes on publishing. So one save's files are
+        written while the state store takes the save before: a 1M first sync's publishing
+        thread waited 14.5 s of its 46 s for the two one after the other. A save waits for the
+        files of the save before (one save's rows are out of the scratch at a time) and for the
+        state store to take the one before that (a save that failed stops the sync at the next).
+        Should the state store fail to take them, the sync fails, as a crash there would: the
+        next sync starts from what the state store has, and the gateway replays what it was sent
+        again."""
+        if self._written is not None:
+            self._written.result()
+        while len(self._imports) > 1:
+            self._imports.popleft().result()
         rows_path, events_path = self._file("rows"), self._file("events")
-        rows, events = self.staging.unsaved_to_csv(rows_path, events_path, settled_only=settled_only)
+        unsaved = self.staging.take_unsaved(settled_only=settled_only)
         self.staging.mark_saved()
-        take = partial(self._import, rows_path if rows else None, events_path if events else None)
-        if self.writes is None:
-            take()
-        else:
-            self._importing = self.writes(take)
-        return rows
+        if self.writes is None or self._writing_out is None:
+            self._take(unsaved.to_csv(rows_path, events_path), rows_path, events_path)
+            return
+        written = self._written = self._writing_out.submit(unsaved.to_csv, rows_path, events_path)
+        self._imports.append(self.writes(lambda: self._take(written.result(), rows_path, events_path)))
 
     @contextmanager
     def writing_behind(self) -> Iterator[WriteBehind]:
-        """Inside, the saves go to the state store in a thread of their own while this one goes
-        on (see `WriteBehind`), after whatever else is written through `writes`; every write is
-        in the state store when the block ends, or its error is raised."""
-        with WriteBehind() as writes:
-            self.writes = writes
+        """Inside, the saves go to the state store in threads of their own while this one goes
+        on (see `save` and `WriteBehind`), after whatever else is written through `writes`; every
+        write is in the state store when the block ends, or its error is raised."""
+        with WriteBehind() as writes, ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-files") as files:
+            self.writes, self._writing_out = writes, files
             try:
                 yield writes
             finally:
-                self.writes, self._importing = None, None
+                self.writes, self._writing_out, self._written = None, None, None
+                self._imports.clear()
 
-    def _import(self, rows_path: Path | None, events_path: Path | None) -> None:
-        if rows_path:
+    def _take(self, counts: tuple[int, int], rows_path: Path, events_path: Path) -> None:
+        """The state store takes a save's files (`counts`: their rows and events)."""
+        rows, events = counts
+        if rows:
             self.state.import_records(self.entity, rows_path, merchant=self.merchant)
-            rows_path.unlink()
-        if events_path:
+        rows_path.unlink(missing_ok=True)
+        if events:
             self.state.import_events(self.entity, self.sync_id, events_path, merchant=self.merchant)
-            events_path.unlink()
+        events_path.unlink(missing_ok=True)
 
 
 def adopt_legacy_holdings(scratch: SyncScratch, data_dir: Path) -> int:

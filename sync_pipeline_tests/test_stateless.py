@@ -111,6 +111,40 @@ def test_an_upgraded_deployment_adopts_what_its_old_local_staging_file_says_the_
     store.dispose()
 
 
+def test_a_save_whose_files_cannot_be_written_fails_the_sync_and_the_rerun_converges(sync_env, sandbox, monkeypatch):
+    import duckdb
+
+    from sync_pipeline.settings import state_url
+    from sync_pipeline.staging.store import Unsaved
+
+    # saves every two batches, their files written in a thread of their own; the third cannot be
+    written = Unsaved._to_csv
+    calls = []
+
+    def third_fails(self, rows_path, events_path):
+        calls.append(rows_path)
+        if len(calls) == 3:
+            raise duckdb.IOException(f'Could not write file "{rows_path}": No space left on device')
+        return written(self, rows_path, events_path)
+
+    monkeypatch.setattr("sync_pipeline.pipeline.SAVE_EVERY_BATCHES", 2)
+    monkeypatch.setattr(Unsaved, "_to_csv", third_fails)
+    assert main(["sync", "PRODUCT", "--mode", "full"]) != 0
+    failed = last(state_url(), EntityType.PRODUCT)
+    assert failed.status is SyncStatus.FAILED and "No space left on device" in failed.error_message
+    store = StateStore(state_url())
+    kept = store.count_held(EntityType.PRODUCT)  # the two saves before went in
+    assert kept > 0
+    monkeypatch.setattr(Unsaved, "_to_csv", written)
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    held = sandbox.gateway("PRODUCT")
+    assert held == expected_gateway(sandbox, "PRODUCT")
+    rerun = last(state_url(), EntityType.PRODUCT)
+    assert rerun.num_records == len(held) == store.count_held(EntityType.PRODUCT)
+    assert rerun.published == len(held) - kept  # what the state store took is not sent again
+    store.dispose()
+
+
 def test_a_save_the_state_store_refuses_fails_the_sync_and_the_rerun_converges(sync_env, sandbox, monkeypatch):
     from sync_pipeline.settings import state_url
 

@@ -2,9 +2,9 @@
 
 from .changes import ChangedBatch, ChangedRecord
 from .records import PageRows, listed_digest, listed_digests_of, rejection_reason, to_rows
-from .store import ListedIndex, ListedSame, Outcome, PublishCheck, StageCounts, StagingStore, connect_scratch
+from .store import ListedIndex, ListedSame, Outcome, PublishCheck, StageCounts, StagingStore, Unsaved, connect_scratch
 
 __all__ = [
-    "ChangedBatch", "ChangedRecord", "ListedIndex", "ListedSame", "Outcome", "PageRows", "PublishCheck", "StageCounts", "StagingStore",
+    "ChangedBatch", "ChangedRecord", "ListedIndex", "ListedSame", "Outcome", "PageRows", "PublishCheck", "StageCounts", "StagingStore", "Unsaved",
     "connect_scratch", "listed_digest", "listed_digests_of", "rejection_reason", "to_rows",
 ]

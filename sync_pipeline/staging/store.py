@@ -89,7 +89,7 @@ CREATE TEMP TABLE IF NOT EXISTS outcomes (
 CREATE TEMP TABLE IF NOT EXISTS settled (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
 );
-CREATE TEMP TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS events (
     record_id VARCHAR NOT NULL, event_at TIMESTAMPTZ NOT NULL, event VARCHAR NOT NULL, content_hash VARCHAR,
     batch_id VARCHAR, detail VARCHAR
 );
@@ -302,121 +302,33 @@ class StagingStore:
 
     def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:
         """Write the rows this sync changed and the trail events not yet saved (for the state
-        store); `settled_only`: only rows the gateway has answered for (a save while publishing,
-        so a record is not written once before it is sent and again after). `mark_saved` forgets
+        store); `settled_only`: only rows the gateway has answered for. `mark_saved` forgets
         them. Returns (rows, events)."""
+        return self.take_unsaved(settled_only=settled_only).to_csv(rows_path, events_path)
+
+    def take_unsaved(self, *, settled_only: bool = False) -> Unsaved:
+        """The rows this sync changed and the trail events not yet saved, copied into a DuckDB
+        connection of their own, for `Unsaved.to_csv` to write out from any thread while this
+        store goes on (`mark_saved` forgets them here); `settled_only`: only rows the gateway has
+        answered for (a save while publishing, so a record is not written once before it is
+        sent and again after)."""
         where = "dirty" + (" AND answered" if settled_only else "")
-        # Taken from `known` once: each part of the write-out below, and each count, would scan
-        # the whole catalogue again (about 20 scans a save: 0.95 s a save of 100,000 of 1M
-        # rows, 0.45 s now). A temporary table, as `fetched`: no write-ahead log, and it spills.
-        self.db.execute("DROP TABLE IF EXISTS saving")
-        self.db.execute(f"CREATE TEMP TABLE saving AS SELECT * FROM known WHERE {where}")
+        # Copied from `known` once: each part of the write-out, and each count, would scan the
+        # whole catalogue again (about 20 scans a save: 0.95 s a save of 100,000 of 1M rows,
+        # 0.45 s once copied). Temporary tables, as `fetched`: no write-ahead log, and they spill.
+        apart = self.db.cursor()
         try:
-            rows, events = self._saving_to_csv(rows_path, events_path)
-        finally:
-            with suppress(duckdb.Error):  # a scratch DuckDB gave up on: its own error is the one to see
-                self.db.execute("DROP TABLE saving")
+            apart.execute(f"CREATE TEMP TABLE saving AS SELECT * FROM known WHERE {where}")
+            apart.execute("CREATE TEMP TABLE saving_events AS SELECT *, rowid AS position FROM events")
+        except BaseException:
+            apart.close()
+            raise
         self._saved_where = where
-        return rows, events
-
-    def _saving_to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
-        """Write the rows in `saving` and their events, and the events of `events`, to the files."""
-        rows = self._scalar("SELECT count(*) FROM saving")
-        with self._one_thread():
-            if rows:
-                columns = ", ".join(
-                    f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
-                    for name, kind in KNOWN_COLUMNS.items()
-                )
-                # in key order: the state store's indexes take sorted rows far faster than shuffled
-                self._copy_in_key_order(columns, "saving", "record_id", rows, rows_path)
-            # the `seen` and `published` events not yet written of the rows written now (one
-            # `seen+published` when the version published is the one seen), then `events`
-            both = "(seen_unsaved AND published_unsaved AND held_hash IS NOT DISTINCT FROM source_hash)"
-            seen = f"FROM saving WHERE seen_unsaved AND NOT {both}"
-            published = "FROM saving WHERE published_unsaved"
-            events = self._scalar(
-                f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) {published}) + (SELECT count(*) FROM events)"
-            )
-            if events:
-                # by record too, each record's events in the order they happened (the state store
-                # numbers them in file order, and its trail index takes them in key order)
-                self._copy_in_key_order(
-                    f"record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id, detail",
-                    f"""(
-                        SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
-                               source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -2 AS position
-                        {seen}
-                        UNION ALL
-                        SELECT record_id, held_at,
-                               CASE WHEN {both} THEN '{Event.SEEN_PUBLISHED}' ELSE '{Event.PUBLISHED}' END,
-                               held_hash, held_batch_id,
-                               CASE WHEN {both} THEN strftime(source_seen_at, '{TIME_FORMAT}') END, -1
-                        {published}
-                        UNION ALL
-                        SELECT record_id, event_at, event, content_hash, batch_id, detail, rowid FROM events
-                    )""",
-                    "record_id, position", events, events_path,
-                )
-        return rows, events
-
-    def _copy_in_key_order(self, columns: str, source: str, order: str, rows: int, path: Path) -> None:
-        """Write `columns` of the relation `source` to the CSV file `path` (with a header), ordered
-        by `order` (record_id first), about WRITE_PART_ROWS rows sorted at a time: by ranges of
-        record_id cut at a sample's quantiles (an exact quantile of a million ids holds them all
-        in memory), each part appended to the file in turn. One sort of a whole save's wide rows
-        (100,000 of them) did not fit a 52 MB cap; a part's fits in far less. Each part scans the
-        whole source again (four parts a save at 1M): the 1M first sync took as long as with one
-        sort (110-115 s against 111 s)."""
-        parts = -(-rows // WRITE_PART_ROWS)
-        bounds: list[str] = []
-        if parts > 1:
-            sample = sorted(
-                record_id for (record_id,) in self.db.execute(
-                    f"SELECT record_id FROM {source} WHERE record_id IS NOT NULL"
-                    f" USING SAMPLE reservoir({100 * parts} ROWS)"
-                ).fetchall()
-            )
-            bounds = sorted({sample[len(sample) * i // parts] for i in range(1, parts)}) if sample else []
-        edges: list[str | None] = [None, *bounds, None]
-        part = path.with_name(path.name + ".part")
-        try:
-            with path.open("wb") as out:
-                for number, (low, high) in enumerate(zip(edges, edges[1:])):
-                    if low is None and high is None:
-                        where, params = "true", []
-                    elif low is None:
-                        where, params = "record_id < ?", [high]
-                    elif high is None:
-                        where, params = "record_id >= ? OR record_id IS NULL", [low]  # nulls sort last
-                    else:
-                        where, params = "record_id >= ? AND record_id < ?", [low, high]
-                    self.db.execute(
-                        f"COPY (SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}) TO '{_sql_path(part)}'"
-                        f" (FORMAT csv, HEADER {str(number == 0).lower()}, DELIMITER ',')",
-                        params,
-                    )
-                    with part.open("rb") as written:
-                        shutil.copyfileobj(written, out)
-        finally:
-            part.unlink(missing_ok=True)
-
-    @contextmanager
-    def _one_thread(self) -> Iterator[None]:
-        """Run what is inside on one DuckDB thread. A sort of wide rows (the write-back, in key
-        order) fails within the memory cap on two threads (`Out of Memory Error: failed to
-        allocate data of size 30.2 MiB (119.7 MiB/122.0 MiB used)` at 1M rows, DuckDB 2.0),
-        where one thread has the whole cap to itself and spills."""
-        threads = self._scalar("SELECT current_setting('threads')")
-        self.db.execute("SET threads = 1")
-        try:
-            yield
-        finally:
-            self.db.execute(f"SET threads = {int(threads)}")
+        return Unsaved(apart)
 
     def mark_saved(self) -> None:
-        """Forget what `unsaved_to_csv` wrote: the files hold it now (nothing changed meanwhile:
-        the scratch is used from one thread)."""
+        """Forget what `take_unsaved` took (or `unsaved_to_csv` wrote): it is written back from
+        there (nothing changed meanwhile: the scratch is used from one thread)."""
         self.db.execute(
             f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saved_where}"
         )
@@ -889,6 +801,126 @@ _CHANGED_FROM = f"""
 FROM fetched f JOIN known k ON k.record_id = f.id
 WHERE f.reason IS NULL AND k.pending = {PENDING_PUBLISH} AND k.source_hash = f.content_hash
 """
+
+
+
+class Unsaved:
+    """What one save writes back, taken from the scratch by `StagingStore.take_unsaved` into a
+    DuckDB connection of its own: its temporary tables `saving` (the rows of `known`) and
+    `saving_events` (the trail events noted apart, numbered in the order they happened). Written
+    out once, from any thread: DuckDB gives up the interpreter lock while it sorts and writes,
+    so the sync's thread goes on publishing meanwhile."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection):
+        self.db = db
+
+    def _scalar(self, sql: str):
+        return self.db.execute(sql).fetchall()[0][0]
+
+    def to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
+        """Write the rows and their events to the files; returns (rows, events). The connection
+        is closed after, written or not."""
+        try:
+            return self._to_csv(rows_path, events_path)
+        finally:
+            with suppress(duckdb.Error):  # a scratch DuckDB gave up on: its own error is the one to see
+                self.db.close()
+
+    def _to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
+        rows = self._scalar("SELECT count(*) FROM saving")
+        with self._one_thread():
+            if rows:
+                columns = ", ".join(
+                    f"strftime({name}, '{TIME_FORMAT}') AS {name}" if kind == "TIMESTAMPTZ" else name
+                    for name, kind in KNOWN_COLUMNS.items()
+                )
+                # in key order: the state store's indexes take sorted rows far faster than shuffled
+                self._copy_in_key_order(columns, "saving", "record_id", rows, rows_path)
+            # the `seen` and `published` events not yet written of the rows written now (one
+            # `seen+published` when the version published is the one seen), then `events`
+            both = "(seen_unsaved AND published_unsaved AND held_hash IS NOT DISTINCT FROM source_hash)"
+            seen = f"FROM saving WHERE seen_unsaved AND NOT {both}"
+            published = "FROM saving WHERE published_unsaved"
+            events = self._scalar(
+                f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) {published}) + (SELECT count(*) FROM saving_events)"
+            )
+            if events:
+                # by record too, each record's events in the order they happened (the state store
+                # numbers them in file order, and its trail index takes them in key order)
+                self._copy_in_key_order(
+                    f"record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id, detail",
+                    f"""(
+                        SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
+                               source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -2 AS position
+                        {seen}
+                        UNION ALL
+                        SELECT record_id, held_at,
+                               CASE WHEN {both} THEN '{Event.SEEN_PUBLISHED}' ELSE '{Event.PUBLISHED}' END,
+                               held_hash, held_batch_id,
+                               CASE WHEN {both} THEN strftime(source_seen_at, '{TIME_FORMAT}') END, -1
+                        {published}
+                        UNION ALL
+                        SELECT record_id, event_at, event, content_hash, batch_id, detail, position FROM saving_events
+                    )""",
+                    "record_id, position", events, events_path,
+                )
+        return rows, events
+
+    def _copy_in_key_order(self, columns: str, source: str, order: str, rows: int, path: Path) -> None:
+        """Write `columns` of the relation `source` to the CSV file `path` (with a header), ordered
+        by `order` (record_id first), about WRITE_PART_ROWS rows sorted at a time: by ranges of
+        record_id cut at a sample's quantiles (an exact quantile of a million ids holds them all
+        in memory), each part appended to the file in turn. One sort of a whole save's wide rows
+        (100,000 of them) did not fit a 52 MB cap; a part's fits in far less. Each part scans the
+        whole source again (four parts a save at 1M): the 1M first sync took as long as with one
+        sort (110-115 s against 111 s)."""
+        parts = -(-rows // WRITE_PART_ROWS)
+        bounds: list[str] = []
+        if parts > 1:
+            sample = sorted(
+                record_id for (record_id,) in self.db.execute(
+                    f"SELECT record_id FROM {source} WHERE record_id IS NOT NULL"
+                    f" USING SAMPLE reservoir({100 * parts} ROWS)"
+                ).fetchall()
+            )
+            bounds = sorted({sample[len(sample) * i // parts] for i in range(1, parts)}) if sample else []
+        edges: list[str | None] = [None, *bounds, None]
+        part = path.with_name(path.name + ".part")
+        try:
+            with path.open("wb") as out:
+                for number, (low, high) in enumerate(zip(edges, edges[1:])):
+                    if low is None and high is None:
+                        where, params = "true", []
+                    elif low is None:
+                        where, params = "record_id < ?", [high]
+                    elif high is None:
+                        where, params = "record_id >= ? OR record_id IS NULL", [low]  # nulls sort last
+                    else:
+                        where, params = "record_id >= ? AND record_id < ?", [low, high]
+                    self.db.execute(
+                        f"COPY (SELECT {columns} FROM {source} WHERE {where} ORDER BY {order}) TO '{_sql_path(part)}'"
+                        f" (FORMAT csv, HEADER {str(number == 0).lower()}, DELIMITER ',')",
+                        params,
+                    )
+                    with part.open("rb") as written:
+                        shutil.copyfileobj(written, out)
+        finally:
+            part.unlink(missing_ok=True)
+
+    @contextmanager
+    def _one_thread(self) -> Iterator[None]:
+        """Run what is inside on one DuckDB thread. A sort of wide rows (the write-back, in key
+        order) fails within the memory cap on two threads (`Out of Memory Error: failed to
+        allocate data of size 30.2 MiB (119.7 MiB/122.0 MiB used)` at 1M rows, DuckDB 2.0),
+        where one thread has the whole cap to itself and spills. The setting is the database's:
+        the scratch's own queries meanwhile (a save is written out beside publishing) run on one
+        thread too, which made publishing no slower when tried for all of it."""
+        threads = self._scalar("SELECT current_setting('threads')")
+        self.db.execute("SET threads = 1")
+        try:
+            yield
+        finally:
+            self.db.execute(f"SET threads = {int(threads)}")
 
 
 def _strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
