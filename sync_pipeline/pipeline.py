@@ -116,11 +116,15 @@ class SyncScratch:
             self._imports.popleft().result()
         rows_path, events_path = self._file("rows"), self._file("events")
         unsaved = self.staging.take_unsaved(settled_only=settled_only)
-        self.staging.mark_saved()
-        if self.writes is None or self._writing_out is None:
-            self._take(unsaved.to_csv(rows_path, events_path), rows_path, events_path)
-            return
-        written = self._written = self._writing_out.submit(unsaved.to_csv, rows_path, events_path)
+        try:
+            self.staging.mark_saved()
+            if self.writes is None or self._writing_out is None:
+                self._take(unsaved.to_csv(rows_path, events_path), rows_path, events_path)
+                return
+            written = self._written = self._writing_out.submit(unsaved.to_csv, rows_path, events_path)
+        except BaseException:
+            unsaved.close()  # written or not: its rows are let go of
+            raise
         self._imports.append(self.writes(lambda: self._take(written.result(), rows_path, events_path)))
 
     @contextmanager
@@ -421,9 +425,11 @@ def publish_changes(
     deletions, in batches followed to their end: at most `workers` batches at the gateway at
     once, all followed by one `BatchWatcher`. What the gateway did with each item is folded
     into the scratch and written back to the state store every `save_every` batches
-    (SAVE_EVERY_BATCHES) and at the end, so a sync that dies loses at most twice that much
-    bookkeeping (the gateway replays the rest). The state store's writes (the batches, the saves)
-    are made behind, in one thread of their own, while the next batches go out (`WriteBehind`)."""
+    (SAVE_EVERY_BATCHES) and at the end, so a sync that dies loses at most three times that
+    much bookkeeping: the batches since the last save, that save's, whose files are being
+    written, and the one before it, which the state store is taking (the gateway replays the
+    rest). The state store's writes (the batches, the saves) are made behind, in threads of
+    their own, while the next batches go out (`WriteBehind`, `SyncScratch.save`)."""
     started = time.monotonic()
     save_every = SAVE_EVERY_BATCHES if save_every is None else save_every
     staging, state, entity, merchant, sync_id = (

@@ -2,6 +2,7 @@
 holds, what is owed across syncs, deletions. Each `Sync` here is a fresh scratch that starts
 from the previous one's written-back rows, as a real run starts from the state store."""
 
+import csv
 import json
 from datetime import datetime, timezone
 
@@ -663,3 +664,31 @@ def test_a_duckdb_without_the_compression_setting_or_dict_fsst_still_opens_a_scr
     current = duckdb.connect()
     _without_fsst(current)
     assert current.execute("SELECT current_setting('disabled_compression_methods')").fetchall() == [("FSST,DICT_FSST",)]
+
+
+def test_a_save_writes_its_times_in_utc_whatever_the_machine_s_time_zone(tmp_path):
+    """A save is written out from a DuckDB connection of its own (a session of its own, which
+    starts in the machine's time zone): its times are UTC all the same, as the state store reads
+    them."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pathlib import Path
+from sync_pipeline.staging import StagingStore, connect_scratch
+folder = Path(sys.argv[1])
+staging = StagingStore(connect_scratch(folder / "scratch.duckdb"))
+staging.db.execute(
+    "INSERT INTO known (record_id, source_hash, source_seen_at, held_hash, held_at, dirty, seen_unsaved)"
+    " VALUES ('a', 'h', TIMESTAMPTZ '2026-03-01 00:00:00+00', 'h', TIMESTAMPTZ '2026-03-01 00:00:05+00', true, true)"
+)
+print(staging.unsaved_to_csv(folder / "rows.csv", folder / "events.csv"))
+"""
+    tokyo = {**os.environ, "TZ": "Asia/Tokyo"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=tokyo, check=True, capture_output=True)
+    row = next(csv.DictReader((tmp_path / "rows.csv").open()))
+    assert (row["source_seen_at"], row["held_at"]) == ("2026-03-01 00:00:00.000000", "2026-03-01 00:00:05.000000")
+    event = next(csv.DictReader((tmp_path / "events.csv").open()))
+    assert event["event_at"] == "2026-03-01 00:00:00.000000"

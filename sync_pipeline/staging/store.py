@@ -12,7 +12,7 @@ Tables:
   known     the state store's rows for this (merchant, type) that this sync touches: the last
             valid version seen at the source, what the gateway holds, refusals, deletions, and
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
-            Rows this sync changes are marked `dirty` and written back by `unsaved_to_csv`;
+            Rows this sync changes are marked `dirty` and written back (`take_unsaved`);
             `answered` marks those the gateway has answered for this sync (see `settled`).
             `seen_unsaved` and `published_unsaved` mark rows whose `seen` (a new valid version)
             or `published` event is not written yet: both are made from the row when it is
@@ -22,8 +22,10 @@ Tables:
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (rejected, refused, parked, failed, gone, deleted;
             seen and published are made from `known`), written to the state store with the
-            changed rows
-  saving    while a save is written out: the rows of `known` it writes, taken once
+            changed rows; a table of the database, not of one connection, so a save can take them
+  saving, saving_events
+            what one save writes back, taken from `known` and `events` into temporary tables of
+            a connection of its own (see `Unsaved`)
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ SLICE_ROWS = 5_000
 # known rows one UPDATE changes at most, and fetch sequences whose changes are listed (and
 # sorted) by one statement before publishing: DuckDB keeps what an UPDATE changed in memory until
 # it commits, and a million rows at once, changed or sorted, did not fit the scratch's cap
-WRITE_PART_ROWS = 25_000  # rows of a save sorted at a time (see StagingStore._copy_in_key_order)
+WRITE_PART_ROWS = 25_000  # rows of a save sorted at a time (see Unsaved._copy_in_key_order)
 UPDATE_PART_ROWS = 100_000
 # DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
 # cap cannot give; a state store row is a few hundred bytes
@@ -316,8 +318,9 @@ class StagingStore:
         # Copied from `known` once: each part of the write-out, and each count, would scan the
         # whole catalogue again (about 20 scans a save: 0.95 s a save of 100,000 of 1M rows,
         # 0.45 s once copied). Temporary tables, as `fetched`: no write-ahead log, and they spill.
-        apart = self.db.cursor()
+        apart = self.db.cursor()  # a session of its own: its settings too
         try:
+            apart.execute("SET TimeZone = 'UTC'")  # the files' times are UTC (TIME_FORMAT)
             apart.execute(f"CREATE TEMP TABLE saving AS SELECT * FROM known WHERE {where}")
             apart.execute("CREATE TEMP TABLE saving_events AS SELECT *, rowid AS position FROM events")
         except BaseException:
@@ -328,7 +331,7 @@ class StagingStore:
 
     def mark_saved(self) -> None:
         """Forget what `take_unsaved` took (or `unsaved_to_csv` wrote): it is written back from
-        there (nothing changed meanwhile: the scratch is used from one thread)."""
+        there. Nothing changed meanwhile: the scratch's tables are changed from one thread."""
         self.db.execute(
             f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saved_where}"
         )
@@ -823,8 +826,11 @@ class Unsaved:
         try:
             return self._to_csv(rows_path, events_path)
         finally:
-            with suppress(duckdb.Error):  # a scratch DuckDB gave up on: its own error is the one to see
-                self.db.close()
+            self.close()
+
+    def close(self) -> None:
+        with suppress(duckdb.Error):  # a scratch DuckDB gave up on: its own error is the one to see
+            self.db.close()
 
     def _to_csv(self, rows_path: Path, events_path: Path) -> tuple[int, int]:
         rows = self._scalar("SELECT count(*) FROM saving")

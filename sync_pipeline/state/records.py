@@ -4,8 +4,9 @@ A sync reads the rows of its (merchant, type) at the start and writes back the r
 nothing else about records is kept between runs. CSV is the interchange because both ends move
 it in bulk without Python touching each value: PostgreSQL with COPY, DuckDB with read_csv and
 COPY TO. On SQLite (one machine, the default) rows are written back through the DBAPI, by one
-executemany over the CSV reader (a large file's in a child process, off the sync's interpreter
-lock); all of a (merchant, type)'s rows are read out as CSV lines
+executemany over the CSV reader, or a large file's by SQLite reading the file itself in a child
+process, off the sync's interpreter lock (`_APART`); all of a (merchant, type)'s rows are read
+out as CSV lines
 that SQLite writes itself, a chunk of thousands of rows per statement, with the interpreter
 lock given up for each. Read a row at a time into Python's csv module, they held the
 interpreter lock that the thread parsing the listing needs, for most of a full re-sync of a
@@ -235,9 +236,10 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
 
 
 # What `_import_apart` runs. SQLite reads the file itself, through the CSV virtual table `vsv`
-# of sqlean.py (SQLite with its extensions built in), as `temp.incoming`, and one INSERT ...
-# SELECT takes every row. A file with a NUL character goes through Python's CSV reader and
-# executemany instead: `vsv` ends a value at a NUL, which an id or a reason may hold.
+# of sqlean.py (SQLite with its extensions built in), as `temp.incoming`, its columns named by
+# the file's header, and one INSERT ... SELECT takes every row. A file with a NUL character goes
+# through Python's CSV reader and executemany instead: `vsv` ends a value at a NUL, which an id
+# or a reason may hold.
 _APART = """
 import os, sys
 database, values_sql, select_sql, path, parent = sys.argv[1:]
@@ -247,18 +249,21 @@ def orphaned():
     return os.getppid() != int(parent)
 
 with open(path, "rb") as data:
-    nul = any(b"\\0" in chunk for chunk in iter(lambda: data.read(1 << 20), b""))
-if nul:
+    by_python = any(b"\\0" in chunk for chunk in iter(lambda: data.read(1 << 20), b""))
+if not by_python:
+    try:
+        import sqlean as dbapi
+        dbapi.extensions.enable("vsv")
+    except ImportError:  # installed without it: Python's reader, as with a NUL
+        by_python = True
+if by_python:
     import csv, sqlite3 as dbapi
-else:
-    import sqlean as dbapi
-    dbapi.extensions.enable("vsv")
 db = dbapi.connect(database, timeout=30, isolation_level=None)
 db.execute("PRAGMA synchronous=NORMAL")
 db.set_progress_handler(orphaned, 100_000)  # a statement of a sync that died is interrupted
-db.execute("BEGIN IMMEDIATE")
 try:
-    if nul:
+    db.execute("BEGIN IMMEDIATE")
+    if by_python:
         with open(path, newline="", encoding="utf-8") as source:
             reader = csv.reader(source)
             next(reader)
@@ -267,7 +272,7 @@ try:
         quoted = path.replace("'", "''")
         db.execute(f"CREATE VIRTUAL TABLE temp.incoming USING vsv(filename='{quoted}', header=yes)")
         rows = db.execute(select_sql).rowcount
-except dbapi.OperationalError as error:
+except dbapi.Error as error:
     sys.exit(gone if orphaned() else f"{type(error).__name__}: {error}")
 if orphaned():
     sys.exit(gone)
@@ -352,6 +357,10 @@ EVENT_COLUMNS = ["record_id", "event_at", "event", "content_hash", "batch_id", "
 
 def import_events(engine: sa.Engine, merchant: str, entity: EntityType, sync_id: str, path: Path) -> int:
     """Append a sync's record events from the CSV file `path` (EVENT_COLUMNS, with a header)."""
+    with path.open(newline="") as source:
+        columns = next(csv.reader(source))
+    if columns != EVENT_COLUMNS:
+        raise ValueError(f"{path}: the header must be {EVENT_COLUMNS}, not {columns}")
     fixed = {"merchant_id": merchant, "entity_type": entity.value, "sync_id": sync_id}
     return _load_csv(engine, "record_events", fixed, EVENT_COLUMNS, path)
 
