@@ -111,6 +111,20 @@ def test_an_upgraded_deployment_adopts_what_its_old_local_staging_file_says_the_
     store.dispose()
 
 
+def assert_the_rerun_converges(sandbox, store: StateStore, kept: int) -> None:
+    """A full sync after one that failed leaves the gateway as the source says, sending only
+    what the state store did not take (`kept` records held)."""
+    from sync_pipeline.settings import state_url
+
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    held = sandbox.gateway("PRODUCT")
+    assert held == expected_gateway(sandbox, "PRODUCT")
+    rerun = last(state_url(), EntityType.PRODUCT)
+    assert rerun.num_records == len(held) == store.count_held(EntityType.PRODUCT)
+    assert rerun.published == len(held) - kept  # what the state store took is not sent again
+    store.dispose()
+
+
 def test_a_save_whose_files_cannot_be_written_fails_the_sync_and_the_rerun_converges(sync_env, sandbox, monkeypatch):
     import duckdb
 
@@ -136,13 +150,7 @@ def test_a_save_whose_files_cannot_be_written_fails_the_sync_and_the_rerun_conve
     kept = store.count_held(EntityType.PRODUCT)  # the two saves before went in
     assert kept > 0
     monkeypatch.setattr(Unsaved, "_to_csv", written)
-    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
-    held = sandbox.gateway("PRODUCT")
-    assert held == expected_gateway(sandbox, "PRODUCT")
-    rerun = last(state_url(), EntityType.PRODUCT)
-    assert rerun.num_records == len(held) == store.count_held(EntityType.PRODUCT)
-    assert rerun.published == len(held) - kept  # what the state store took is not sent again
-    store.dispose()
+    assert_the_rerun_converges(sandbox, store, kept)
 
 
 def test_a_save_the_state_store_refuses_fails_the_sync_and_the_rerun_converges(sync_env, sandbox, monkeypatch):
@@ -164,10 +172,4 @@ def test_a_save_the_state_store_refuses_fails_the_sync_and_the_rerun_converges(s
     assert kept > 0
     with store.engine.begin() as conn:
         conn.exec_driver_sql("DROP TRIGGER refuse_events")
-    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
-    held = sandbox.gateway("PRODUCT")
-    assert held == expected_gateway(sandbox, "PRODUCT")
-    rerun = last(state_url(), EntityType.PRODUCT)
-    assert rerun.num_records == len(held) == store.count_held(EntityType.PRODUCT)
-    assert rerun.published == len(held) - kept  # what the state store took is not sent again
-    store.dispose()
+    assert_the_rerun_converges(sandbox, store, kept)
