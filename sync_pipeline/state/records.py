@@ -185,8 +185,7 @@ def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: P
     """Insert or update the records in the CSV file `path` (a header naming the DIFF_COLUMNS and
     any others of COLUMNS, times in UTC as `YYYY-MM-DD HH:MM:SS[.ffffff]`, empty for null) in one
     transaction. The written-only columns of a row already stored are merged (see WRITTEN_ONLY)."""
-    with path.open(newline="") as source:
-        columns = next(csv.reader(source))
+    columns = _header(path)
     if columns[:1] != ["record_id"] or not set(DIFF_COLUMNS) <= set(columns) <= set(COLUMNS):
         raise ValueError(f"{path}: the header must start with record_id and name all of {DIFF_COLUMNS}, not {columns}")
     updates = {name: f"excluded.{name}" for name in columns[1:]}
@@ -198,6 +197,12 @@ def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: P
         f"{name} = {value}" for name, value in updates.items()
     )
     return _load_csv(engine, "records", {"merchant_id": merchant, "entity_type": entity.value}, columns, path, upsert)
+
+
+def _header(path: Path) -> list[str]:
+    """The column names on the first line of the CSV file `path` (none for an empty file)."""
+    with path.open(newline="", encoding="utf-8") as source:
+        return next(csv.reader(source), [])
 
 
 def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: list[str], path: Path, suffix: str = "") -> int:
@@ -357,8 +362,7 @@ EVENT_COLUMNS = ["record_id", "event_at", "event", "content_hash", "batch_id", "
 
 def import_events(engine: sa.Engine, merchant: str, entity: EntityType, sync_id: str, path: Path) -> int:
     """Append a sync's record events from the CSV file `path` (EVENT_COLUMNS, with a header)."""
-    with path.open(newline="") as source:
-        columns = next(csv.reader(source))
+    columns = _header(path)
     if columns != EVENT_COLUMNS:
         raise ValueError(f"{path}: the header must be {EVENT_COLUMNS}, not {columns}")
     fixed = {"merchant_id": merchant, "entity_type": entity.value, "sync_id": sync_id}
