@@ -483,3 +483,23 @@ def test_a_store_of_the_last_release_gets_the_listed_hash_column(tmp_path):
         assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
         assert db.execute("SELECT record_id, listed_hash FROM records").fetchall() == [("a", None)]
     store.dispose()
+
+
+def test_a_file_whose_header_is_not_the_state_store_s_columns_is_refused_and_nothing_is_stored(tmp_path):
+    """The rows' header must name the diff's columns, and the events' be EVENT_COLUMNS, in order:
+    a file from elsewhere (or empty) is a clear error, not rows in the wrong columns."""
+    from sync_pipeline.state import records
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    shuffled = tmp_path / "events.csv"
+    shuffled.write_text(",".join(reversed(records.EVENT_COLUMNS)) + "\np1,,,,2026-03-01 00:00:00.000000,seen\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="the header must be"):
+        store.import_events(EntityType.PRODUCT, "s1", shuffled)
+    with pytest.raises(ValueError, match="the header must start with record_id"):
+        store.import_records(EntityType.PRODUCT, empty)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM record_events").scalar_one() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM records").scalar_one() == 0
+    store.dispose()
