@@ -806,7 +806,6 @@ WHERE f.reason IS NULL AND k.pending = {PENDING_PUBLISH} AND k.source_hash = f.c
 """
 
 
-
 class Unsaved:
     """What one save writes back, taken from the scratch by `StagingStore.take_unsaved` into a
     DuckDB connection of its own: its temporary tables `saving` (the rows of `known`) and
