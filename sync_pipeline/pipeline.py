@@ -18,22 +18,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-from . import jsontext
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
 from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key_of
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import (
-    ChangedBatch, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digests_of, to_rows,
+    ChangedBatch, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digests_of, parse_listed,
+    to_rows,
 )
+from .staging.parsing import ParseProcess
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
 from .state import StateStore
 from .writebehind import WriteBehind
@@ -45,6 +46,11 @@ Progress = Callable[[ProgressEvent], None]
 CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
 LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
 LISTED_CHUNK_ROWS = 100_000  # records listed unchanged, loaded at a time (2.4 MB of arrays)
+# Parse chunks of listed records in a process of their own (see staging/parsing.py) where this
+# process may run on more than one core.
+PARSE_APART = len(os.sched_getaffinity(0)) > 1
+PARSE_APART_AFTER = 10_000  # records parsed in this process before the next chunks go apart
+PARSED_AHEAD = 2  # chunks handed to the parsing process and not loaded yet, at most (about 2.5 MB each)
 SAVE_EVERY_BATCHES = 100  # while publishing, the answers are written back to the state store this often
 SPLIT_STATUSES = frozenset({400, 413})  # the gateway refuses the request: halve the batch
 # Types whose unchanged records a full sync takes from their listed bytes, unparsed. Not
@@ -257,10 +263,13 @@ def fetch_and_stage(
     deletion_share: float = 0.10,
     allow_deletions: bool = False,
     chunk_rows: int = 5_000,
+    parse_apart: bool | None = None,
     progress: Progress | None = None,
 ) -> StageResult:
     """Page the window into the scratch in bulk chunks, dedupe, validate, and note what the
-    gateway is owed, in the scratch and then in the state store.
+    gateway is owed, in the scratch and then in the state store. `parse_apart`: parse whole
+    chunks of listed records in a process of their own (see `_stage_pages`); by default
+    (PARSE_APART) where this process may use more than one core.
 
     A sync that does not list everything (latest, historic) also fetches by id the records
     the gateway is still owed from earlier syncs (refused, or in a failed batch), so nothing is
@@ -270,6 +279,7 @@ def fetch_and_stage(
     """
     started = time.monotonic()
     staging, entity = scratch.staging, scratch.entity
+    parse_apart = PARSE_APART if parse_apart is None else parse_apart
     if full:
         # The hashes of what may be taken unparsed first; the rest of the state store's rows
         # are read meanwhile, on a thread of their own, while the pages come.
@@ -279,11 +289,11 @@ def fetch_and_stage(
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="known") as reader:
             exported = reader.submit(scratch.export_known)
-            seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, index)
+            seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, index, parse_apart)
             del index  # 20 MB at a million: freed before DuckDB takes its cap below
             scratch.load_exported(*exported.result())
     else:
-        seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress)
+        seen, pages = _stage_pages(source, scratch, window, chunk_rows, started, progress, parse_apart=parse_apart)
     unparsed = staging.stage_listed()
     if full:
         # what the gateway holds or is owed that the listing no longer shows: gone, or moved out
@@ -313,7 +323,7 @@ def fetch_and_stage(
 
 def _stage_pages(
     source: ProductServiceClient, scratch: SyncScratch, window: Window, chunk_rows: int, started: float,
-    progress: Progress | None, index: ListedIndex | None = None,
+    progress: Progress | None, index: ListedIndex | None = None, parse_apart: bool = False,
 ) -> tuple[int, int]:
     """Page the window into `fetched`, `chunk_rows` parsed records per bulk load (and records
     listed unchanged `LISTED_CHUNK_ROWS` at a time: each load has a cost of its own, about a
@@ -322,17 +332,36 @@ def _stage_pages(
     Each record comes as the bytes the source listed. With an `index` (a full sync, see
     `ListedIndex`), a record listed exactly as the gateway holds it is not parsed: its hash goes
     to `listed`, and `StagingStore.stage_listed` makes its `fetched` row from the state store's.
-    Every other record is parsed, validated and staged with the hash of its bytes.
+    Every other record is parsed, validated and staged with the hash of its bytes. With
+    `parse_apart`, once PARSE_APART_AFTER records have been parsed here, the next chunks are
+    parsed in a process of their own (`ParseProcess`; a listing with fewer to parse never starts
+    it), up to PARSED_AHEAD at a time, while this thread goes on fetching and loading.
 
     The cyclic garbage collector is paused meanwhile (see `paused_gc`); parsed records hold no
     cycles, so reference counting frees each page as soon as it is staged."""
     staging, entity = scratch.staging, scratch.entity
     rows, same = PageRows(), ListedSame()
-    seen = pages = loads = 0
+    seen = pages = loads = parsed_here = 0
     # listed records not sorted yet, numbered from `listed_from`: sorted `chunk_rows` at a time,
     # as the index is read faster a few thousand digests at once than a page's
     listed, listed_from = [], 0
-    with paused_gc():
+    parsing: ParseProcess | None = None
+    parsed: deque[Future] = deque()  # chunks handed to `parsing`, in order, not loaded yet
+
+    def sort_listed(apart: bool = False) -> None:
+        nonlocal parsing, parsed_here
+        raws, seqs, hashes = _sort_listed(listed, listed_from, index, same)
+        if apart and parsing is not None and raws:
+            parsed.append(parsing.submit(raws, seqs, hashes))
+            while len(parsed) > PARSED_AHEAD:
+                staging.load_rows(parsed.popleft().result())
+            return
+        parse_listed(entity, raws, seqs, hashes, rows)
+        parsed_here += len(raws)
+        if apart and parsing is None and parsed_here >= PARSE_APART_AFTER:
+            parsing = stack.enter_context(ParseProcess(entity))
+
+    with paused_gc(), ExitStack() as stack:
         for page in prefetch(source.fetch_pages(entity, window, listed=True)):
             if page.listed:
                 if not listed:
@@ -340,13 +369,13 @@ def _stage_pages(
                 listed += page.records
             else:
                 if listed:  # the records waiting are numbered in one run, from `listed_from`
-                    _sort_listed(entity, listed, listed_from, index, rows, same)
+                    sort_listed()
                     listed = []
                 to_rows(entity, page.records, seen, rows)
             seen += len(page.records)
             pages += 1
             if len(listed) >= chunk_rows:
-                _sort_listed(entity, listed, listed_from, index, rows, same)
+                sort_listed(apart=parse_apart)
                 listed = []
             if len(rows) >= chunk_rows:
                 staging.load_rows(rows)
@@ -361,30 +390,32 @@ def _stage_pages(
                 crash_point("fetching")
             if progress:
                 progress(ProgressEvent("fetching", pages=pages, records=seen, seconds=time.monotonic() - started))
-    if listed:
-        _sort_listed(entity, listed, listed_from, index, rows, same)
+        if listed:
+            sort_listed()
+        while parsed:
+            staging.load_rows(parsed.popleft().result())
     staging.load_rows(rows)
     staging.load_listed(same)
     return seen, pages
 
 
 def _sort_listed(
-    entity: EntityType, raws: list, first_seq: int, index: ListedIndex | None, rows: PageRows, same: ListedSame
-) -> None:
+    raws: list, first_seq: int, index: ListedIndex | None, same: ListedSame
+) -> tuple[list, list[int], list[str]]:
     """Hash each listed record's bytes; note those `index` holds (listed as the gateway holds
-    them) in `same`, by sequence and digest, as arrays; parse, validate and append the rest to
-    `rows`."""
+    them) in `same`, by sequence and digest, as arrays. Returns the rest, to be parsed: their
+    bytes, sequences and hashes (hex)."""
     digests = listed_digests_of(raws)
     joined = b"".join(digests)
     held = index.contains(joined) if index is not None else np.zeros(len(raws), dtype=bool)
     if held.any():
         same.add(first_seq + np.flatnonzero(held), np.frombuffer(joined, dtype=np.uint8).reshape(-1, 16)[held].tobytes())
-    seqs, records, hashes = [], [], []
-    for offset in np.flatnonzero(~held).tolist():
-        seqs.append(first_seq + offset)
-        records.append(jsontext.loads(raws[offset]))
-        hashes.append(digests[offset].hex())
-    to_rows(entity, records, first_seq, rows, seqs=seqs, listed=hashes)
+    offsets = np.flatnonzero(~held).tolist()
+    return (
+        [raws[offset] for offset in offsets],
+        [first_seq + offset for offset in offsets],
+        [digests[offset].hex() for offset in offsets],
+    )
 
 
 def _fetch_by_id(source: ProductServiceClient, entity: EntityType, ids: list[str]) -> list[dict | None]:

@@ -452,10 +452,10 @@ def test_a_full_sync_takes_a_record_listed_as_the_gateway_holds_it_without_parsi
     def stage_listed(staging, raws: list[bytes], index=None):
         """The page loop's own step: records the index holds are noted by hash, the rest parsed."""
         from sync_pipeline.pipeline import _sort_listed
-        from sync_pipeline.staging import ListedSame, PageRows
+        from sync_pipeline.staging import ListedSame, parse_listed
 
-        rows, listed = PageRows(), ListedSame()
-        _sort_listed(EntityType.PRODUCT, raws, 0, index, rows, listed)
+        listed = ListedSame()
+        rows = parse_listed(EntityType.PRODUCT, *_sort_listed(raws, 0, index, listed))
         staging.load_rows(rows)
         staging.load_listed(listed)
         seqs = set(np.concatenate(listed.seqs).tolist()) if listed.seqs else set()
@@ -495,7 +495,7 @@ def test_a_record_taken_unparsed_and_listed_again_as_other_bytes_is_deduped_and_
     import orjson
 
     from sync_pipeline.pipeline import _sort_listed
-    from sync_pipeline.staging import ListedIndex, ListedSame, PageRows
+    from sync_pipeline.staging import ListedIndex, ListedSame, parse_listed
     from sync_pipeline.state.records import UNCHANGED_IF_LISTED_SAME
 
     held = [orjson.dumps(product(name)) for name in ("a", "b")]
@@ -512,8 +512,8 @@ def test_a_record_taken_unparsed_and_listed_again_as_other_bytes_is_deduped_and_
     index = ListedIndex.of(b"".join(bytes.fromhex(_digest_hex(raw)) for raw in held))
     updated = {"newer": "2025-03-01T11:00:00Z", "older": "2025-03-01T09:00:00Z", "same time": "2025-03-01T10:00:00Z"}
     listing = [held[0], held[1], orjson.dumps(product("a", updated[other], title="new"))]
-    rows, same = PageRows(), ListedSame()
-    _sort_listed(EntityType.PRODUCT, listing, 0, index, rows, same)
+    same = ListedSame()
+    rows = parse_listed(EntityType.PRODUCT, *_sort_listed(listing, 0, index, same))
     staging.load_rows(rows)
     staging.load_listed(same)
     assert staging.stage_listed() == 2

@@ -11,8 +11,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .. import jsontext
 from ..domain import EntityType, format_time, parse_time
 from ..jsontext import NumberOutOfRange, canonical_json
+
+# The columns of a chunk of `PageRows` as one bulk load into the staging table `fetched` takes them.
+FETCHED_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("id", pa.string()),
+        ("updated_at", pa.string()),  # as sent; DuckDB parses it in bulk (validity was checked in Python)
+        ("raw", pa.large_binary()),  # UTF-8, decoded by DuckDB
+        ("reason", pa.string()),
+        ("listed_hash", pa.string()),
+    ]
+)
 
 
 def rejection_reason(entity: EntityType, record: Any, updated_at: datetime | None = None) -> str | None:
@@ -133,6 +146,14 @@ class PageRows:
     def rejected(self) -> int:
         return sum(reason is not None for reason in self.reason)
 
+    def table(self) -> pa.Table:
+        """The rows as one Arrow table of FETCHED_SCHEMA."""
+        return pa.Table.from_pydict(
+            {"seq": self.seq, "id": self.id, "updated_at": self.updated_at, "raw": self.raw_column(),
+             "reason": self.reason, "listed_hash": self.listed},
+            schema=FETCHED_SCHEMA,
+        )
+
 
 def to_rows(
     entity: EntityType, records: list[Any], first_seq: int, rows: PageRows | None = None, *,
@@ -169,3 +190,11 @@ def to_rows(
         rows.reason.append(reason)
     rows.listed.extend(listed if listed is not None else [None] * len(records))
     return rows
+
+
+def parse_listed(
+    entity: EntityType, raws: list, seqs: list[int], hashes: list[str], rows: PageRows | None = None
+) -> PageRows:
+    """Parse each listed record from the bytes the source sent and append it to `rows` (see
+    `to_rows`), numbered by `seqs`, with `hashes`, the hex `listed_digest` of each one's bytes."""
+    return to_rows(entity, [jsontext.loads(raw) for raw in raws], 0, rows, seqs=seqs, listed=hashes)

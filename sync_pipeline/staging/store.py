@@ -97,16 +97,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-FETCHED_SCHEMA = pa.schema(
-    [
-        ("seq", pa.int64()),
-        ("id", pa.string()),
-        ("updated_at", pa.string()),  # as sent; DuckDB parses it in bulk (validity was checked in Python)
-        ("raw", pa.large_binary()),  # UTF-8, decoded by DuckDB
-        ("reason", pa.string()),
-        ("listed_hash", pa.string()),
-    ]
-)
 LISTED = pa.schema([("seq", pa.int64()), ("digest", pa.binary(16))])
 OUTCOMES = pa.schema([(name, pa.string()) for name in ("id", "kind", "content_hash", "batch_id", "reason")])
 
@@ -354,15 +344,12 @@ class StagingStore:
         ]
 
     # --- fetch -------------------------------------------------------------------------
-    def load_rows(self, rows: PageRows) -> None:
-        """Bulk-load a chunk of rows through Arrow: one INSERT per chunk, never per row."""
+    def load_rows(self, rows: PageRows | pa.Table) -> None:
+        """Bulk-load a chunk of rows (or their `PageRows.table`) through Arrow: one INSERT per
+        chunk, never per row."""
         if not len(rows):
             return
-        chunk = pa.Table.from_pydict(
-            {"seq": rows.seq, "id": rows.id, "updated_at": rows.updated_at, "raw": rows.raw_column(),
-             "reason": rows.reason, "listed_hash": rows.listed},
-            schema=FETCHED_SCHEMA,
-        )
+        chunk = rows.table() if isinstance(rows, PageRows) else rows
         self.db.register("incoming_chunk", chunk)
         try:
             self.db.execute(
