@@ -692,3 +692,61 @@ print(staging.unsaved_to_csv(folder / "rows.csv", folder / "events.csv"))
     assert (row["source_seen_at"], row["held_at"]) == ("2026-03-01 00:00:00.000000", "2026-03-01 00:00:05.000000")
     event = next(csv.DictReader((tmp_path / "events.csv").open()))
     assert event["event_at"] == "2026-03-01 00:00:00.000000"
+
+
+def test_the_state_store_s_rows_loaded_beside_are_those_loaded_on_the_scratch_s_connection_times_in_utc(tmp_path):
+    """A full sync loads what the state store knows from a thread of its own, on a DuckDB
+    connection of its own (a session that starts in the machine's time zone), while it pages: the
+    rows and their times are those the scratch's own connection loads."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "known.csv").write_text(
+        "record_id,source_hash,source_updated_at,held_hash,pending\n"
+        'a,h1,2026-03-01 00:00:00.000000,h1,0\n"b, \u00e9",h2,2026-03-01 23:30:00.500000,,1\n',
+        encoding="utf-8",
+    )
+    script = """
+import sys, threading
+from pathlib import Path
+from sync_pipeline.staging import StagingStore, connect_scratch
+folder = Path(sys.argv[1])
+for beside in (False, True):
+    staging = StagingStore(connect_scratch(folder / f"scratch-{beside}.duckdb"))
+    loading = threading.Thread(target=staging.load_known, args=(folder / "known.csv",), kwargs={"beside": beside})
+    loading.start()
+    loading.join()
+    rows = staging.db.execute(
+        "SELECT record_id, source_hash, strftime(source_updated_at, '%Y-%m-%d %H:%M:%S.%f'), held_hash, pending"
+        " FROM known ORDER BY record_id"
+    ).fetchall()
+    print(repr(rows))
+"""
+    tokyo = {**os.environ, "TZ": "Asia/Tokyo"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=tokyo, check=True, capture_output=True, text=True)
+    here, beside = done.stdout.splitlines()
+    assert here == beside == repr([
+        ("a", "h1", "2026-03-01 00:00:00.000000", "h1", 0), ("b, \u00e9", "h2", "2026-03-01 23:30:00.500000", None, 1),
+    ])
+
+
+def test_duckdb_s_cap_is_lowered_by_what_is_held_outside_it_and_restored_after(tmp_path):
+    from sync_pipeline.staging.store import MIN_CAP_BYTES
+
+    with connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB") as db:
+        staging = StagingStore(db)
+
+        def cap() -> str:
+            return db.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+        was = cap()
+        with staging.cap_lowered_by(20 << 20):
+            assert cap() == "41.0 MiB"  # 61.0 MiB (64 MB) less 20 MiB
+        assert cap() == was
+        with pytest.raises(RuntimeError), staging.cap_lowered_by(1 << 20):
+            assert cap() == "60.0 MiB"
+            raise RuntimeError("a sync that fails midway")
+        assert cap() == was
+        with staging.cap_lowered_by((64 << 20) - MIN_CAP_BYTES):  # it would go below the floor: not lowered
+            assert cap() == was

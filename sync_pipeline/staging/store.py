@@ -112,6 +112,7 @@ UPDATE_PART_ROWS = 100_000
 # DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
 # cap cannot give; a state store row is a few hundred bytes
 CSV_BUFFER_BYTES = 4 << 20
+MIN_CAP_BYTES = 32 << 20  # DuckDB's cap is never lowered below this (see `cap_lowered_by`)
 
 
 class ListedIndex:
@@ -141,6 +142,10 @@ class ListedIndex:
 
     def __len__(self) -> int:
         return len(self.high)
+
+    @property
+    def nbytes(self) -> int:
+        return self.high.nbytes + self.low.nbytes + self.starts.nbytes
 
     def contains(self, digests: bytes) -> np.ndarray:
         """For each 16-byte digest in `digests` (concatenated), whether it is in the index."""
@@ -278,19 +283,34 @@ class StagingStore:
         return self.db.execute(sql, params or []).fetchall()[0][0]
 
     # --- what the state store knows ------------------------------------------------------
-    def load_known(self, path: Path) -> None:
+    def load_known(self, path: Path, *, beside: bool = False) -> None:
         """Add the state store's rows: a CSV file whose header names some of the KNOWN_COLUMNS
-        (those the diff reads; the others stay null here, and the state store keeps them)."""
-        with path.open(newline="") as source:
-            names = next(csv.reader(source), None)
-        if not names:
+        (those the diff reads; the others stay null here, and the state store keeps them).
+
+        `beside`: on a connection of its own (`known` is a table of the database, not of one
+        connection), from another thread while this store's goes on: a full sync loads them
+        while it pages, as none of its steps meanwhile reads or writes `known`."""
+        if not beside:
+            _load_known_csv(self.db, path)
             return
-        columns = {name: KNOWN_COLUMNS[name] for name in names}
-        reader = (
-            "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
-            f" new_line = '\\n', nullstr = '', columns = {columns!r}, buffer_size = {CSV_BUFFER_BYTES})"
-        )
-        self.db.execute(f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
+        with self.db.cursor() as apart:
+            apart.execute("SET TimeZone = 'UTC'")  # a session of its own: the file's times are UTC
+            _load_known_csv(apart, path)
+
+    @contextmanager
+    def cap_lowered_by(self, size: int) -> Iterator[None]:
+        """DuckDB's memory cap lowered by `size` bytes inside (what the sync holds outside DuckDB
+        meanwhile, so that the two together stay within the cap alone), and as it was after."""
+        was = self._scalar("SELECT current_setting('memory_limit')")
+        lowered = _bytes_of(was) - size
+        if size <= 0 or lowered < MIN_CAP_BYTES:
+            yield
+            return
+        self.db.execute(f"SET memory_limit = '{lowered >> 10}KiB'")
+        try:
+            yield
+        finally:
+            self.db.execute(f"SET memory_limit = '{was}'")
 
     def unsaved_to_csv(self, rows_path: Path, events_path: Path, *, settled_only: bool = False) -> tuple[int, int]:
         """Write the rows this sync changed and the trail events not yet saved (for the state
@@ -913,6 +933,29 @@ class Unsaved:
             yield
         finally:
             self.db.execute(f"SET threads = {int(threads)}")
+
+
+_UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def _bytes_of(size: str) -> int:
+    """Bytes of a size as DuckDB shows a setting ('61.0 MiB')."""
+    number, unit = size.split()
+    return int(float(number) * _UNITS[unit])
+
+
+def _load_known_csv(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """INSERT into `known` the rows of a CSV file whose header names some of the KNOWN_COLUMNS."""
+    with path.open(newline="") as source:
+        names = next(csv.reader(source), None)
+    if not names:
+        return
+    columns = {name: KNOWN_COLUMNS[name] for name in names}
+    reader = (
+        "read_csv(?, header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
+        f" new_line = '\\n', nullstr = '', columns = {columns!r}, buffer_size = {CSV_BUFFER_BYTES})"
+    )
+    db.execute(f"INSERT INTO known ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {reader}", [str(path)])
 
 
 def _strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
