@@ -34,8 +34,9 @@ from .staging import (
     ChangedBatch, ListedIndex, ListedSame, Outcome, PageRows, StageCounts, StagingStore, listed_digests_of, parse_listed,
     to_rows,
 )
-from .staging.parsing import ParseProcess
+from .settings import usable_cores
 from .staging.legacy import export_legacy_holdings, legacy_staging_file
+from .staging.parsing import ParseProcess
 from .state import StateStore
 from .writebehind import WriteBehind
 
@@ -47,8 +48,8 @@ CRASH_ENV = "SYNC_PIPELINE_CRASH_AT"
 LOAD_ALL_ABOVE = 50_000  # records listed by a latest or historic sync
 LISTED_CHUNK_ROWS = 100_000  # records listed unchanged, loaded at a time (2.4 MB of arrays)
 # Parse chunks of listed records in a process of their own (see staging/parsing.py) where this
-# process may run on more than one core (the cores it may use, where the system tells: not macOS).
-PARSE_APART = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) > 1
+# process may keep more than one core busy (a pod limited to one CPU may see all its node's cores).
+PARSE_APART = usable_cores() > 1
 PARSE_APART_AFTER = 10_000  # records parsed in this process before the next chunks go apart
 PARSED_AHEAD = 2  # chunks handed to the parsing process and not loaded yet, at most (about 2.5 MB each)
 SAVE_EVERY_BATCHES = 100  # while publishing, the answers are written back to the state store this often

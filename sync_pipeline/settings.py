@@ -99,3 +99,26 @@ def duckdb_settings() -> dict:
         "memory_limit": os.environ.get("SYNC_DUCKDB_MEMORY_LIMIT", "64MB"),
         "threads": int(os.environ.get("SYNC_DUCKDB_THREADS", "2")),
     }
+
+
+# A cgroup's CPU quota (a Kubernetes pod's CPU limit), v2 and v1: (quota file, period file or None).
+_CPU_QUOTAS = (
+    ("/sys/fs/cgroup/cpu.max", None),
+    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+)
+
+
+def usable_cores() -> float:
+    """How many cores this process may keep busy: those it may run on (where the system says:
+    not on macOS), and no more than its cgroup's CPU quota, where it has one."""
+    cores: float = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for quota_file, period_file in _CPU_QUOTAS:
+        try:
+            text = Path(quota_file).read_text().split()
+            quota, period = text[0], (text[1] if period_file is None else Path(period_file).read_text().strip())
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1"):
+            cores = min(cores, int(quota) / int(period))
+        break
+    return cores

@@ -1,5 +1,6 @@
 """Listed records parsed in a process of their own stage exactly as those parsed in the sync's."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def test_a_parsing_process_ends_when_the_sync_that_started_it_is_killed():
         "print(parsing._process.pid, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    sync = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    # the child's stderr is not the run's: the run returns when the sync dies, not when the child does
+    sync = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, timeout=60)
     assert sync.returncode == -signal.SIGKILL
     child = int(sync.stdout.split()[0])
     deadline = time.monotonic() + 30
@@ -109,12 +112,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def staged_rows(tmp_path, sandbox, name: str, parse_apart: bool) -> tuple[list, object]:
+def staged_rows(tmp_path, sandbox, name: str, parse_apart: bool, state_url: str | None = None) -> tuple[list, object]:
     """A full sync's listing of the sandbox staged in a fresh scratch, with the records parsed in
-    chunks of 700: here, or (after the first 1,400) apart."""
+    chunks of 700: here, or (after the first 1,400) apart; from a state store of its own, empty,
+    or from `state_url`'s."""
     directory = tmp_path / name
     directory.mkdir()
-    state = StateStore(f"sqlite:///{directory / 'state.db'}")
+    state = StateStore(state_url or f"sqlite:///{directory / 'state.db'}")
     source = ProductServiceClient(sandbox.url, SANDBOX_PRODUCT_TOKEN)
     try:
         with connect_scratch(directory / "staging.duckdb") as connection:
@@ -134,14 +138,60 @@ def staged_rows(tmp_path, sandbox, name: str, parse_apart: bool) -> tuple[list, 
         state.dispose()
 
 
-def test_a_full_sync_stages_the_same_rows_with_its_records_parsed_here_or_apart(tmp_path, sandbox, monkeypatch):
+def handed_apart(monkeypatch, after: int = 1400) -> list[int]:
+    """How many records each chunk handed to a parsing process held (the chunk is still parsed),
+    once `after` have been parsed here."""
     handed = []
     submit = ParseProcess.submit
     monkeypatch.setattr(ParseProcess, "submit", lambda self, raws, *rest: handed.append(len(raws)) or submit(self, raws, *rest))
-    monkeypatch.setattr("sync_pipeline.pipeline.PARSE_APART_AFTER", 1400)
+    monkeypatch.setattr("sync_pipeline.pipeline.PARSE_APART_AFTER", after)
+    return handed
+
+
+def test_a_full_sync_stages_the_same_rows_with_its_records_parsed_here_or_apart(tmp_path, sandbox, monkeypatch):
+    handed = handed_apart(monkeypatch)
     here_rows, here_counts = staged_rows(tmp_path, sandbox, "here", parse_apart=False)
     assert handed == []
     apart_rows, apart_counts = staged_rows(tmp_path, sandbox, "apart", parse_apart=True)
     assert sum(handed) >= 3000  # all but the first pages (2,000 records) went apart
     assert apart_counts == here_counts and here_counts.rejected > 0
     assert apart_rows == here_rows
+
+
+def test_a_full_re_sync_stages_the_same_rows_with_the_changed_records_parsed_here_or_apart(sync_env, sandbox, monkeypatch):
+    """After a first sync, most records are listed as the gateway holds them (taken unparsed, by
+    the index), and the state store's rows are loaded while the listing pages. What is parsed
+    goes apart from the first record on: the few invalid or refused records of a chunk otherwise
+    held, and the updated ones, listed last."""
+    from sync_pipeline.cli import main
+    from sync_pipeline.settings import state_url
+
+    assert main(["sync", "PRODUCT", "--mode", "full"]) == 0
+    sandbox.admin("POST", "/source/products/update", json={"count": 2500})
+    handed = handed_apart(monkeypatch, after=1)
+    here_rows, here_counts = staged_rows(sync_env, sandbox, "here", parse_apart=False, state_url=state_url())
+    apart_rows, apart_counts = staged_rows(sync_env, sandbox, "apart", parse_apart=True, state_url=state_url())
+    assert min(handed) < 100 and max(handed) == 1000  # a few of a held chunk; a chunk of updated ones
+    assert apart_counts == here_counts
+    assert apart_rows == here_rows
+    assert sum(1 for row in here_rows[: here_counts.fetched] if row[7]) > 2000  # taken unparsed
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "100000 100000\n"}, 1.0),  # a pod limited to one CPU: parsed in the sync's process
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),  # no quota: the cores it may run on
+    ({"cfs_quota_us": "50000\n", "cfs_period_us": "100000\n"}, 0.5),  # cgroup v1
+    ({"cfs_quota_us": "-1\n", "cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_the_cores_a_sync_may_use_are_those_it_may_run_on_within_its_cgroup_s_quota(tmp_path, monkeypatch, files, expected):
+    from sync_pipeline import settings
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(settings, "_CPU_QUOTAS", (
+        (str(tmp_path / "cpu.max"), None), (str(tmp_path / "cfs_quota_us"), str(tmp_path / "cfs_period_us")),
+    ))
+    may_run_on = len(os.sched_getaffinity(0))
+    assert settings.usable_cores() == (min(may_run_on, expected) if expected is not None else may_run_on)

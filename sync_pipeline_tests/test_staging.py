@@ -731,22 +731,24 @@ for beside in (False, True):
     ])
 
 
-def test_duckdb_s_cap_is_lowered_by_what_is_held_outside_it_and_restored_after(tmp_path):
-    from sync_pipeline.staging.store import MIN_CAP_BYTES
-
-    with connect_scratch(tmp_path / "scratch.duckdb", memory_limit="64MB") as db:
+@pytest.mark.parametrize("limit, size, inside", [
+    ("64MB", 20 << 20, "41.0 MiB"),  # 61.0 MiB (64 MB) less 20 MiB
+    ("64MB", 1 << 20, "60.0 MiB"),
+    ("64MB", 40 << 20, "32.0 MiB"),  # no lower than MIN_CAP_BYTES
+    ("24MB", 1 << 20, "22.8 MiB"),  # already below it: as it is
+    ("2000MB", 20 << 20, "1.8 GiB"),  # a GiB or more: as it is
+])
+def test_duckdb_s_cap_is_lowered_by_what_is_held_outside_it_and_restored_after(tmp_path, limit, size, inside):
+    with connect_scratch(tmp_path / "scratch.duckdb", memory_limit=limit) as db:
         staging = StagingStore(db)
 
         def cap() -> str:
             return db.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
 
         was = cap()
-        with staging.cap_lowered_by(20 << 20):
-            assert cap() == "41.0 MiB"  # 61.0 MiB (64 MB) less 20 MiB
+        with staging.cap_lowered_by(size):
+            assert cap() == inside
         assert cap() == was
-        with pytest.raises(RuntimeError), staging.cap_lowered_by(1 << 20):
-            assert cap() == "60.0 MiB"
+        with pytest.raises(RuntimeError), staging.cap_lowered_by(size):
             raise RuntimeError("a sync that fails midway")
         assert cap() == was
-        with staging.cap_lowered_by((64 << 20) - MIN_CAP_BYTES):  # it would go below the floor: not lowered
-            assert cap() == was

@@ -62,8 +62,11 @@ class ParseProcess:
     order (see the module). Use it as a context manager: the child ends with the block."""
 
     def __init__(self, entity: EntityType):
+        # the child imports this package from where this process did, installed or not
+        path = os.pathsep.join(entry for entry in sys.path if entry)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__, entity.value], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", __name__, entity.value], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
         )
         # one thread writes a chunk and reads its rows, without the interpreter lock while it waits
         self._exchange = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse-apart")

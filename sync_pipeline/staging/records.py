@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .. import jsontext
 from ..domain import EntityType, format_time, parse_time
-from ..jsontext import NumberOutOfRange, canonical_json
+from ..jsontext import NumberOutOfRange, canonical_json, loads
 
 # The columns of a chunk of `PageRows` as one bulk load into the staging table `fetched` takes them.
 FETCHED_SCHEMA = pa.schema(
@@ -197,4 +196,4 @@ def parse_listed(
 ) -> PageRows:
     """Parse each listed record from the bytes the source sent and append it to `rows` (see
     `to_rows`), numbered by `seqs`, with `hashes`, the hex `listed_digest` of each one's bytes."""
-    return to_rows(entity, [jsontext.loads(raw) for raw in raws], 0, rows, seqs=seqs, listed=hashes)
+    return to_rows(entity, [loads(raw) for raw in raws], 0, rows, seqs=seqs, listed=hashes)

@@ -112,7 +112,7 @@ UPDATE_PART_ROWS = 100_000
 # DuckDB's CSV reader otherwise asks for a buffer of about 32 MiB a thread at once, which a 64 MB
 # cap cannot give; a state store row is a few hundred bytes
 CSV_BUFFER_BYTES = 4 << 20
-MIN_CAP_BYTES = 32 << 20  # DuckDB's cap is never lowered below this (see `cap_lowered_by`)
+MIN_CAP_BYTES = 32 << 20  # `cap_lowered_by` lowers DuckDB's cap to this at most
 
 
 class ListedIndex:
@@ -300,12 +300,17 @@ class StagingStore:
     @contextmanager
     def cap_lowered_by(self, size: int) -> Iterator[None]:
         """DuckDB's memory cap lowered by `size` bytes inside (what the sync holds outside DuckDB
-        meanwhile, so that the two together stay within the cap alone), and as it was after."""
+        meanwhile, so that the two together stay within the cap alone), down to MIN_CAP_BYTES at
+        most, and as it was after. A cap of a GiB or more is left as it is: memory is not what
+        such a deployment is short of, and DuckDB shows it to a tenth of a GiB only, which is
+        all there is to restore it from (a cap in MiB is restored to within 0.05 MiB)."""
         was = self._scalar("SELECT current_setting('memory_limit')")
-        lowered = _bytes_of(was) - size
-        if size <= 0 or lowered < MIN_CAP_BYTES:
+        number, unit = was.split()
+        cap = int(float(number) * (1 << 20)) if unit == "MiB" else None
+        if size <= 0 or cap is None or cap <= MIN_CAP_BYTES:
             yield
             return
+        lowered = max(cap - size, MIN_CAP_BYTES)
         self.db.execute(f"SET memory_limit = '{lowered >> 10}KiB'")
         try:
             yield
@@ -933,15 +938,6 @@ class Unsaved:
             yield
         finally:
             self.db.execute(f"SET threads = {int(threads)}")
-
-
-_UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-
-
-def _bytes_of(size: str) -> int:
-    """Bytes of a size as DuckDB shows a setting ('61.0 MiB')."""
-    number, unit = size.split()
-    return int(float(number) * _UNITS[unit])
 
 
 def _load_known_csv(db: duckdb.DuckDBPyConnection, path: Path) -> None:
