@@ -296,7 +296,7 @@ def fetch_and_stage(
         )
         # DuckDB's cap is lowered by the index's size meanwhile: the two together take no more
         # memory than the cap alone (a million rows loaded while the index was held put up to
-        # 19 MiB more on a re-sync's peak).
+        # 20 MiB more on a re-sync's peak).
         with staging.cap_lowered_by(index.nbytes if index is not None else 0), \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="known") as reader:
             loaded = reader.submit(scratch.load_known_beside)
