@@ -38,13 +38,13 @@ def _write_frame(out: BinaryIO, *parts: bytes) -> None:
     out.flush()
 
 
-def _read_frame(source: BinaryIO) -> bytes | None:
+def _read_frame(source: BinaryIO) -> bytearray | None:
     """The next frame's bytes, or None when `source` ends before one starts."""
     head = _read_exactly(source, _LENGTH.size)
     return None if head is None else _read_exactly(source, _LENGTH.unpack(head)[0], whole=True)
 
 
-def _read_exactly(source: BinaryIO, size: int, *, whole: bool = False) -> bytes | None:
+def _read_exactly(source: BinaryIO, size: int, *, whole: bool = False) -> bytearray | None:
     data = bytearray(size)
     view, got = memoryview(data), 0
     while got < size:
@@ -54,7 +54,7 @@ def _read_exactly(source: BinaryIO, size: int, *, whole: bool = False) -> bytes 
                 raise EOFError(f"a frame ended after {got} of {size} bytes")
             return None
         got += read
-    return bytes(data)
+    return data  # not copied again: a chunk's rows are megabytes
 
 
 class ParseProcess:
