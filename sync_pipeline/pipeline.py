@@ -27,7 +27,7 @@ import numpy as np
 
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
-from .gateway import REFUSED_REQUEST, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key_of
+from .gateway import REFUSED_REQUEST, UPSERT_AROUND, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key_of
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import (
@@ -459,13 +459,16 @@ def publish_changes(
     *,
     batch_size: int = 1000,
     workers: int = 16,
+    sending: int = 4,
     save_every: int | None = None,
     progress: Progress | None = None,
 ) -> PublishResult:
     """Send every staged record whose version the gateway is owed, then the confirmed
     deletions, in batches followed to their end: at most `workers` batches at the gateway at
-    once, all followed by one `BatchWatcher`. What the gateway did with each item is folded
-    into the scratch and written back to the state store every `save_every` batches
+    once, all followed by one `BatchWatcher`; of those, at most `sending` are being sent (made
+    and not yet taken by the gateway: each holds its request body, about a megabyte, where a
+    batch being followed holds its ids and hashes alone). What the gateway did with each item
+    is folded into the scratch and written back to the state store every `save_every` batches
     (SAVE_EVERY_BATCHES) and at the end, so a sync that dies loses at most three times that
     much bookkeeping: the batches since the last save, that save's, whose files are being
     written, and the one before it, which the state store is taking (the gateway replays the
@@ -485,7 +488,7 @@ def publish_changes(
         key = state.usable_idempotency_key(key, merchant)
         submitted, submitted_at = time.monotonic(), utcnow()
         if operation is Operation.UPSERT:
-            batch_id = gateway.submit_upsert_json(entity, items.records_json, len(items), key)
+            batch_id = gateway.submit_upsert_body(entity, items.body, len(items), key)
         else:
             batch_id = gateway.submit_delete(entity, items.id_list(), key)
         crash_point("publishing")
@@ -510,12 +513,30 @@ def publish_changes(
         )
         return outcome
 
-    def send(operation: Operation, items: ChangedBatch) -> list[tuple[ChangedBatch, BatchOutcome]]:
-        """Submit and follow one batch. A batch the gateway refuses as malformed (400) or too
-        large (413) goes as two halves, and so on until the item it refuses is alone: that item
-        is refused with the gateway's reason, and everything else is published. Only the
-        submission is split so: an error while the batch is followed ends the sync (a rerun
-        replays the batch by its key)."""
+    def send_made(operation: Operation, items: ChangedBatch) -> list[tuple[ChangedBatch, BatchOutcome]]:
+        """`send` a batch made when one of the `sending` places was free, and free the place once
+        the gateway has the batch or it failed (a batch sent as halves, once both are followed)."""
+        done = False
+
+        def sent() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                sending_now.release()
+
+        try:
+            return send(operation, items, sent)
+        finally:
+            sent()
+
+    def send(
+        operation: Operation, items: ChangedBatch, sent: Callable[[], None] = lambda: None
+    ) -> list[tuple[ChangedBatch, BatchOutcome]]:
+        """Submit and follow one batch; `sent` is called once the gateway has it. A batch the
+        gateway refuses as malformed (400) or too large (413) goes as two halves, and so on
+        until the item it refuses is alone: that item is refused with the gateway's reason, and
+        everything else is published. Only the submission is split so: an error while the batch
+        is followed ends the sync (a rerun replays the batch by its key)."""
         try:
             batch_id, submitted = submit(operation, items)
         except GatewayError as error:
@@ -530,6 +551,7 @@ def publish_changes(
                      len(items), error.http_status)
             return send(operation, items[:half]) + send(operation, items[half:])
         items.let_go_of_json()  # the gateway has it
+        sent()
         return [(items, follow(batch_id, submitted))]
 
     def settle(future: Future, operation: Operation) -> None:
@@ -568,6 +590,8 @@ def publish_changes(
     with paused_gc(), scratch.writing_behind() as writes, BatchWatcher(gateway, max_in_flight=workers) as watcher, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
+        # a batch is made (its JSON read and joined) only when it can be sent at once
+        sending_now = threading.BoundedSemaphore(max(1, min(sending, workers)))
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
@@ -576,8 +600,14 @@ def publish_changes(
                     settle(future, pending.pop(future))
 
         try:
-            for chunk in staging.changed_since_publish(batch_size):
-                pending[pool.submit(send, Operation.UPSERT, chunk)] = Operation.UPSERT
+            batches = staging.changed_since_publish(batch_size, UPSERT_AROUND)
+            while True:
+                sending_now.acquire()
+                chunk = next(batches, None)
+                if chunk is None:
+                    sending_now.release()
+                    break
+                pending[pool.submit(send_made, Operation.UPSERT, chunk)] = Operation.UPSERT
                 drain(workers)
             for start in range(0, len(deletions), batch_size):
                 chunk = deletions[start : start + batch_size]

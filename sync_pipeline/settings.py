@@ -58,6 +58,16 @@ def gateway_in_flight() -> int:
     return value
 
 
+def gateway_sending() -> int:
+    """How many of those batches a sync sends at once: each holds its request body (about a
+    megabyte of records' JSON) until the gateway answers the submission; the rest are followed
+    by their ids alone (SYNC_GATEWAY_SENDING, default 4)."""
+    value = int(os.environ.get("SYNC_GATEWAY_SENDING") or 4)
+    if value < 1:
+        raise ValueError(f"SYNC_GATEWAY_SENDING must be at least 1, not {value}")
+    return value
+
+
 def sync_lookback() -> timedelta:
     """How far before the watermark a latest sync reads (SYNC_LOOKBACK, default 10m), to catch
     records a source commits late."""

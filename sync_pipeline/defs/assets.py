@@ -270,7 +270,9 @@ def _staged_result(key: dg.AssetKey, sync: SyncRecord, result: StageResult) -> d
 def _publish(context, gateway: GatewayResource, connection, scratch: SyncScratch, sync: SyncRecord) -> PublishResult:
     client = gateway.client(connection)
     try:
-        return publish_changes(client, scratch, workers=gateway.in_flight, progress=_progress(context))
+        return publish_changes(
+            client, scratch, workers=gateway.in_flight, sending=gateway.sending_at_once, progress=_progress(context)
+        )
     except Exception as error:
         raise _fail(scratch.state, sync.sync_id, error) from error
     finally:

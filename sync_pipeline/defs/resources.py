@@ -11,7 +11,7 @@ import dagster as dg
 
 from ..gateway import GatewayClient
 from ..merchants import Connection, MerchantRegistry
-from ..settings import DEFAULTS, gateway_in_flight, state_url
+from ..settings import DEFAULTS, gateway_in_flight, gateway_sending, state_url
 from ..sources import ProductServiceClient
 from ..state import StateStore, open_state_store
 
@@ -37,10 +37,15 @@ class GatewayResource(dg.ConfigurableResource):
 
     url: str
     workers: int = 0  # batches at the gateway at once; 0: SYNC_GATEWAY_IN_FLIGHT (default 16)
+    sending: int = 0  # of those, sent at once (bodies held); 0: SYNC_GATEWAY_SENDING (default 4)
 
     @property
     def in_flight(self) -> int:
         return self.workers or gateway_in_flight()
+
+    @property
+    def sending_at_once(self) -> int:
+        return self.sending or gateway_sending()
 
     def client(self, connection: Connection) -> GatewayClient:
         # a connection for each batch being submitted and one for each being asked about

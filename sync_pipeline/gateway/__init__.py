@@ -1,7 +1,7 @@
 """The gateway catalogue, write side: batch submit, and following batches to their end."""
 
-from .client import REFUSED_REQUEST, BatchOutcome, GatewayClient, Operation, idempotency_key, idempotency_key_of
+from .client import REFUSED_REQUEST, UPSERT_AROUND, BatchOutcome, GatewayClient, Operation, idempotency_key, idempotency_key_of
 from .watcher import BatchWatcher
 
-__all__ = ["REFUSED_REQUEST", "BatchOutcome", "BatchWatcher", "GatewayClient", "Operation", "idempotency_key",
+__all__ = ["REFUSED_REQUEST", "UPSERT_AROUND", "BatchOutcome", "BatchWatcher", "GatewayClient", "Operation", "idempotency_key",
            "idempotency_key_of"]
