@@ -83,6 +83,20 @@ def test_a_parsing_process_that_dies_fails_its_chunks_and_does_not_hang():
             parsing.submit(RAWS, range(len(RAWS)), ["h"] * len(RAWS)).result(timeout=60)
 
 
+def test_a_sync_failing_while_chunks_are_handed_apart_ends_the_process_at_once(capfd):
+    """The chunks in flight are of no use to a failing sync: the child is ended, not left to
+    finish them or to read half a chunk."""
+    records = [orjson.dumps({"id": f"p{i}", "title": "t" * 200, "updatedAt": NOW, "listPrice": i}) for i in range(40_000)]
+    with pytest.raises(KeyError), ParseProcess(EntityType.PRODUCT) as parsing:
+        for start in range(0, len(records), 10_000):
+            parsing.submit(records[start : start + 10_000], range(start, start + 10_000), ["h"] * 10_000)
+        started = time.monotonic()
+        raise KeyError("the sync failed")
+    assert time.monotonic() - started < 2
+    assert parsing._process.returncode == -signal.SIGKILL
+    assert "Error" not in capfd.readouterr().err  # no traceback of a half-read chunk
+
+
 def test_a_parsing_process_ends_when_the_sync_that_started_it_is_killed():
     """A sync killed mid-listing (SIGKILL: nothing of it runs after) leaves no process behind."""
     script = (

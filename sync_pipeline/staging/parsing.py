@@ -74,8 +74,8 @@ class ParseProcess:
     def __enter__(self) -> ParseProcess:
         return self
 
-    def __exit__(self, *_) -> None:
-        self.close()
+    def __exit__(self, error_type, *_) -> None:
+        self.close(abandon=error_type is not None)
 
     def submit(self, raws: Sequence, seqs: Sequence[int], hashes: Sequence[str]) -> Future[pa.Table]:
         """The rows of `parse_listed(entity, raws, seqs, hashes)`, as one Arrow table of FETCHED_SCHEMA.
@@ -97,10 +97,13 @@ class ParseProcess:
         with pa.ipc.open_stream(pa.py_buffer(answer)[1:]) as reader:
             return reader.read_all()
 
-    def close(self) -> None:
+    def close(self, *, abandon: bool = False) -> None:
         """Let the child go (it ends when its stdin closes) and wait for it; its chunks not answered
-        yet are not waited for."""
+        yet are not waited for. `abandon` (the sync is failing): end the child first, so that it
+        neither finishes the chunk it parses nor reads half of one being written to it."""
         self._exchange.shutdown(wait=False, cancel_futures=True)
+        if abandon:
+            self._process.kill()
         try:
             self._process.stdin.close()
         except OSError:
