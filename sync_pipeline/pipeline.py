@@ -27,7 +27,9 @@ import numpy as np
 
 from .domain import DEFAULT_MERCHANT, EntityType, Window, utcnow
 from .errors import DeletionGuardError, GatewayError
-from .gateway import REFUSED_REQUEST, UPSERT_AROUND, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key_of
+from .gateway import (
+    REFUSED_REQUEST, UPSERT_ENVELOPE, BatchOutcome, BatchWatcher, GatewayClient, Operation, idempotency_key_of,
+)
 from .progress import ProgressEvent
 from .sources import ProductServiceClient
 from .staging import (
@@ -465,9 +467,10 @@ def publish_changes(
 ) -> PublishResult:
     """Send every staged record whose version the gateway is owed, then the confirmed
     deletions, in batches followed to their end: at most `workers` batches at the gateway at
-    once, all followed by one `BatchWatcher`; of those, at most `sending` are being sent (made
-    and not yet taken by the gateway: each holds its request body, about a megabyte, where a
-    batch being followed holds its ids and hashes alone). What the gateway did with each item
+    once, all followed by one `BatchWatcher`; of those, at most `sending` (no more than
+    `workers`) are being sent: made and not yet taken by the gateway, each holding its request
+    body, about a megabyte, where a batch being followed holds its ids and hashes alone (a batch
+    the gateway takes in parts, once all are taken). What the gateway did with each item
     is folded into the scratch and written back to the state store every `save_every` batches
     (SAVE_EVERY_BATCHES) and at the end, so a sync that dies loses at most three times that
     much bookkeeping: the batches since the last save, that save's, whose files are being
@@ -513,30 +516,42 @@ def publish_changes(
         )
         return outcome
 
-    def send_made(operation: Operation, items: ChangedBatch) -> list[tuple[ChangedBatch, BatchOutcome]]:
-        """`send` a batch made when one of the `sending` places was free, and free the place once
-        the gateway has the batch or it failed (a batch sent as halves, once both are followed)."""
-        done = False
+    def send_upsert(items: ChangedBatch) -> list[tuple[ChangedBatch, BatchOutcome]]:
+        """`send` a batch made when one of the `sending` places was free; the place is free again
+        once the gateway has taken all of the batch, or sending it failed."""
+        freed = False
 
-        def sent() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                sending_now.release()
+        def free_place() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                sending_places.release()
 
         try:
-            return send(operation, items, sent)
+            return send(Operation.UPSERT, items, free_place)
         finally:
-            sent()
+            free_place()
 
     def send(
-        operation: Operation, items: ChangedBatch, sent: Callable[[], None] = lambda: None
+        operation: Operation, items: ChangedBatch, taken: Callable[[], None] = lambda: None
     ) -> list[tuple[ChangedBatch, BatchOutcome]]:
-        """Submit and follow one batch; `sent` is called once the gateway has it. A batch the
-        gateway refuses as malformed (400) or too large (413) goes as two halves, and so on
-        until the item it refuses is alone: that item is refused with the gateway's reason, and
-        everything else is published. Only the submission is split so: an error while the batch
-        is followed ends the sync (a rerun replays the batch by its key)."""
+        """Submit one batch, call `taken`, then follow it to its end. Only the submission is
+        split (see `submit_parts`): an error while the batch is followed ends the sync (a rerun
+        replays the batch by its key)."""
+        parts = submit_parts(operation, items)
+        taken()
+        return [
+            (part, refused if refused is not None else follow(batch_id, submitted))
+            for part, refused, batch_id, submitted in parts
+        ]
+
+    def submit_parts(
+        operation: Operation, items: ChangedBatch
+    ) -> list[tuple[ChangedBatch, BatchOutcome | None, str, float]]:
+        """Submit a batch. One the gateway refuses as malformed (400) or too large (413) goes as
+        two halves, and so on until the item it refuses is alone: that item is refused with the
+        gateway's reason, and everything else is submitted. Returns each part with the outcome
+        of an item refused on its own, or with its batch id and when it was sent."""
         try:
             batch_id, submitted = submit(operation, items)
         except GatewayError as error:
@@ -545,14 +560,15 @@ def publish_changes(
             if len(items) == 1:
                 reason = f"HTTP {error.http_status} from the gateway: {error.detail or error}"
                 log.warning("the gateway refused %s %s on its own: %s", entity.value, items[0].id, reason)
-                return [(items, BatchOutcome.refused_request(items[0].id, reason, operation.value))]
+                return [(items, BatchOutcome.refused_request(items[0].id, reason, operation.value), "", 0.0)]
             half = len(items) // 2
             log.info("the gateway refused a batch of %d (HTTP %s): sending it as two halves",
                      len(items), error.http_status)
-            return send(operation, items[:half]) + send(operation, items[half:])
-        items.let_go_of_json()  # the gateway has it
-        sent()
-        return [(items, follow(batch_id, submitted))]
+            parts = submit_parts(operation, items[:half]) + submit_parts(operation, items[half:])
+        else:
+            parts = [(items, None, batch_id, submitted)]
+        items.let_go_of_json()  # the gateway has it, whole or in parts
+        return parts
 
     def settle(future: Future, operation: Operation) -> None:
         nonlocal unsaved_batches
@@ -590,8 +606,9 @@ def publish_changes(
     with paused_gc(), scratch.writing_behind() as writes, BatchWatcher(gateway, max_in_flight=workers) as watcher, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
         pending: dict[Future, Operation] = {}
-        # a batch is made (its JSON read and joined) only when it can be sent at once
-        sending_now = threading.BoundedSemaphore(max(1, min(sending, workers)))
+        batches = staging.changed_since_publish(batch_size, UPSERT_ENVELOPE)
+        # a batch is made (its JSON read and joined) only when a place to send it is free
+        sending_places = threading.BoundedSemaphore(max(1, min(sending, workers)))
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
@@ -600,14 +617,13 @@ def publish_changes(
                     settle(future, pending.pop(future))
 
         try:
-            batches = staging.changed_since_publish(batch_size, UPSERT_AROUND)
             while True:
-                sending_now.acquire()
+                sending_places.acquire()
                 chunk = next(batches, None)
                 if chunk is None:
-                    sending_now.release()
+                    sending_places.release()
                     break
-                pending[pool.submit(send_made, Operation.UPSERT, chunk)] = Operation.UPSERT
+                pending[pool.submit(send_upsert, chunk)] = Operation.UPSERT
                 drain(workers)
             for start in range(0, len(deletions), batch_size):
                 chunk = deletions[start : start + batch_size]
@@ -615,6 +631,7 @@ def publish_changes(
                 drain(workers)
             drain(0)
         except BaseException:
+            batches.close()  # its slice's JSON is let go of
             for future in pending:
                 future.cancel()
             watcher.close()  # batches still at the gateway are not waited for: a rerun replays them

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync_pipeline.domain import EntityType
-from sync_pipeline.gateway import Operation, idempotency_key, idempotency_key_of
+from sync_pipeline.gateway import UPSERT_ENVELOPE, Operation, idempotency_key, idempotency_key_of
 from sync_pipeline.staging import ChangedBatch, ChangedRecord, StagingStore, connect_scratch
 from sync_pipeline.staging import store as staging_store
 from sync_pipeline.staging.changes import SCHEMA
@@ -44,6 +44,12 @@ def test_a_batch_is_its_records_one_after_the_other(given_records, data):
     assert list(part) == given_records[start:stop]
     assert part.records_json == ChangedBatch.of(given_records[start:stop]).records_json
     assert part.fingerprints() == ChangedBatch.of(given_records[start:stop]).fingerprints()
+    # held inside the request's envelope, whole or in part: the request is the body as held
+    inside = ChangedBatch.of_rows(_with_json(given_records), UPSERT_ENVELOPE)
+    assert inside.body == b'{"operation":"UPSERT","records":[' + batch.records_json + b"]}"
+    assert inside.records_json == batch.records_json and list(inside) == given_records
+    assert inside[start:stop].body == b'{"operation":"UPSERT","records":[' + part.records_json + b"]}"
+    assert list(inside[start:stop]) == given_records[start:stop]
     # rows read from the scratch come in chunks, at an offset into them
     rows = pa.concat_tables([ChangedBatch.of(given_records[:start]).table, ChangedBatch.of(given_records).table])
     as_read = pa.concat_tables([_with_json(given_records[:start]), _with_json(given_records)]).slice(start)

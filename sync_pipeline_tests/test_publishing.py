@@ -106,4 +106,4 @@ def test_a_batch_that_cannot_be_sent_fails_publishing_without_holding_up_the_res
             publish_changes(gateway, scratch, batch_size=20, workers=12, sending=1)
     finally:
         gateway.close()
-    assert gateway.sending == 0
+    assert gateway.submitted > 3  # the batch that failed gave its one place back

@@ -1,7 +1,9 @@
 """The gateway catalogue, write side: batch submit, and following batches to their end."""
 
-from .client import REFUSED_REQUEST, UPSERT_AROUND, BatchOutcome, GatewayClient, Operation, idempotency_key, idempotency_key_of
+from .client import (
+    REFUSED_REQUEST, UPSERT_ENVELOPE, BatchOutcome, GatewayClient, Operation, idempotency_key, idempotency_key_of,
+)
 from .watcher import BatchWatcher
 
-__all__ = ["REFUSED_REQUEST", "UPSERT_AROUND", "BatchOutcome", "BatchWatcher", "GatewayClient", "Operation", "idempotency_key",
-           "idempotency_key_of"]
+__all__ = ["REFUSED_REQUEST", "UPSERT_ENVELOPE", "BatchOutcome", "BatchWatcher", "GatewayClient", "Operation",
+           "idempotency_key", "idempotency_key_of"]

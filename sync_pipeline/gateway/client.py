@@ -17,7 +17,7 @@ from ..http import build_session, describe_error_body
 
 MAX_BATCH_ITEMS = 1000
 # an upsert's request body, around its records' JSON joined by commas (CONTRACT §3)
-UPSERT_AROUND = (b'{"operation":"UPSERT","records":[', b"]}")
+UPSERT_ENVELOPE = (b'{"operation":"UPSERT","records":[', b"]}")
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
 # Ours, not the gateway's: it refused the request holding this one item (400 or 413), so there
 # is no batch; the item is refused with the gateway's reason and the rest goes on.
@@ -118,13 +118,16 @@ class GatewayClient:
 
     def submit_upsert_json(self, entity: EntityType, records_json: bytes, count: int, key: str) -> str:
         """Submit `count` records given as their JSON joined by commas, unchanged; return the batch id."""
-        return self.submit_upsert_body(entity, b"".join((UPSERT_AROUND[0], records_json, UPSERT_AROUND[1])), count, key)
+        before, after = UPSERT_ENVELOPE
+        return self.submit_upsert_body(entity, b"".join((before, records_json, after)), count, key)
 
     def submit_upsert_body(self, entity: EntityType, body: bytes, count: int, key: str) -> str:
-        """Submit `count` records given as a whole request body: their JSON joined by commas,
-        with UPSERT_AROUND before and after it (made so, a batch is sent without another copy of
-        its records). Returns the batch id."""
+        """Submit `count` records given as the request's whole body: their JSON joined by commas
+        inside UPSERT_ENVELOPE (a batch held so is sent without another copy of its records).
+        Returns the batch id."""
         _check_size(count)
+        if not (body.startswith(UPSERT_ENVELOPE[0]) and body.endswith(UPSERT_ENVELOPE[1])):
+            raise ValueError("an upsert's body is its records' JSON inside UPSERT_ENVELOPE")
         return self._submit(entity, body, key)
 
     def submit_delete(self, entity: EntityType, ids: Sequence[str], key: str) -> str:

@@ -37,25 +37,26 @@ class ChangedBatch(Sequence[ChangedRecord]):
     `ChangedRecord`s, each made when asked for. A first sync of a million records used to make a
     million Python tuples (and four million strings) only to join them into bodies and keys.
 
-    The JSON is held with `around` before and after it, in one buffer: the request's envelope
-    (`gateway.UPSERT_AROUND`), so the request goes out as `body`, not as one more copy of the
-    records' JSON (a megabyte a batch being sent; a 1M first sync peaked 3-9 MiB lower so)."""
+    The JSON is held inside an `envelope` (what comes before and after it in the request,
+    `gateway.UPSERT_ENVELOPE`), in one buffer: the request goes out as `body`, not as one more
+    copy of the records' JSON (a megabyte a batch being sent; a 1M first sync peaked about 5 MiB
+    lower so)."""
 
-    __slots__ = ("table", "_text", "_around", "_ends")
+    __slots__ = ("table", "_text", "_envelope", "_ends")
 
     def __init__(
         self, table: pa.Table, records_json: bytes | memoryview | None = None, ends: np.ndarray | None = None,
-        around: tuple[bytes, bytes] = NO_ENVELOPE,
+        envelope: tuple[bytes, bytes] = NO_ENVELOPE,
     ):
         self.table = table
         # None for deletions, and once sent (`let_go_of_json`)
-        self._text = None if records_json is None else b"".join((around[0], records_json, around[1]))
-        self._around = around
+        self._text = None if records_json is None else b"".join((envelope[0], records_json, envelope[1]))
+        self._envelope = envelope
         self._ends = ends  # the end of each record's JSON in records_json (a comma or the end follows)
 
     @classmethod
-    def of_rows(cls, rows: pa.Table, around: tuple[bytes, bytes] = NO_ENVELOPE) -> ChangedBatch:
-        """From rows of SCHEMA: their JSON joined here (in Arrow) between `around`'s two parts,
+    def of_rows(cls, rows: pa.Table, envelope: tuple[bytes, bytes] = NO_ENVELOPE) -> ChangedBatch:
+        """From rows of SCHEMA: their JSON joined here (in Arrow) between `envelope`'s two parts,
         the rest kept as columns of their own (`copied`): a batch is kept until its outcome is
         folded, well after its JSON is sent."""
         raw = rows.column("raw").combine_chunks(memory_pool=POOL)
@@ -64,7 +65,7 @@ class ChangedBatch(Sequence[ChangedRecord]):
         offsets = np.frombuffer(raw.buffers()[1], dtype=np.int32)[raw.offset : raw.offset + len(raw) + 1]
         ends = offsets[1:] - offsets[0] + np.arange(len(raw))  # a comma after each record but the last
         columns = copied(rows.select(COLUMNS))
-        return cls(columns, memoryview(_joined_buffer(raw, ",")), ends, around)
+        return cls(columns, memoryview(_joined_buffer(raw, ",")), ends, envelope)
 
     @classmethod
     def of(cls, records: Sequence[ChangedRecord]) -> ChangedBatch:
@@ -86,11 +87,11 @@ class ChangedBatch(Sequence[ChangedRecord]):
         """The records' JSON joined by commas (a view of `body`), or None: a deletion, or sent."""
         if self._text is None:
             return None
-        return memoryview(self._text)[len(self._around[0]) : len(self._text) - len(self._around[1])]
+        return memoryview(self._text)[len(self._envelope[0]) : len(self._text) - len(self._envelope[1])]
 
     @property
     def body(self) -> bytes | None:
-        """`records_json` with `around` before and after it, or None."""
+        """`records_json` with `envelope` before and after it, or None."""
         return self._text
 
     def __len__(self) -> int:
@@ -112,7 +113,7 @@ class ChangedBatch(Sequence[ChangedRecord]):
             first, last = self._start(start), self._start(stop) - 1
             return ChangedBatch(
                 self.table.slice(start, stop - start), records_json[first:max(first, last)],
-                self._ends[start:stop] - first, self._around,
+                self._ends[start:stop] - first, self._envelope,
             )
         if index < 0:
             index += len(self)
@@ -121,7 +122,7 @@ class ChangedBatch(Sequence[ChangedRecord]):
         record_id, content_hash, held_hash = (self.table.column(name)[index].as_py() for name in COLUMNS)
         raw = None
         if self._text is not None:
-            before = len(self._around[0])
+            before = len(self._envelope[0])
             raw = self._text[before + self._start(index) : before + int(self._ends[index])].decode()
         return ChangedRecord(record_id, raw, content_hash, held_hash)
 
@@ -189,6 +190,8 @@ def _joined_buffer(strings: pa.ChunkedArray | pa.Array, separator: str) -> pa.Bu
         return b""
     one_list = pa.ListArray.from_arrays(pa.array([0, len(strings)], pa.int32()), strings, pool=POOL)
     joined = _compute().binary_join(one_list, separator, memory_pool=POOL)
+    if joined.null_count:
+        raise ValueError("a value to join is null")
     # the data buffer of the one value, from its offsets (a slice of the buffer is not a copy)
     start, stop = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + 2]
     return joined.buffers()[2].slice(int(start), int(stop - start))

@@ -583,10 +583,12 @@ class StagingStore:
     def count_changed(self) -> int:
         return self._scalar(f"SELECT count(*) {_CHANGED_FROM}")
 
-    def changed_since_publish(self, chunk_size: int, around: tuple[bytes, bytes] = NO_ENVELOPE) -> Iterator[ChangedBatch]:
+    def changed_since_publish(
+        self, chunk_size: int, envelope: tuple[bytes, bytes] = NO_ENVELOPE
+    ) -> Iterator[ChangedBatch]:
         """Records fetched this sync whose version the gateway is owed, `chunk_size` at a time
         (the last batch may be shorter), in a fixed order: slice by slice in the order they
-        were fetched, by id within each slice. Each batch's JSON is held with `around` before and
+        were fetched, by id within each slice. Each batch's JSON is held with `envelope` before and
         after it (see `ChangedBatch`).
 
         The order makes batches the same after a crash (same listing, same content, same
@@ -646,13 +648,13 @@ class StagingStore:
                 table = pa.concat_tables([rest, table])
             start = 0
             while table.num_rows - start >= chunk_size:
-                yield ChangedBatch.of_rows(table.slice(start, chunk_size), around)
+                yield ChangedBatch.of_rows(table.slice(start, chunk_size), envelope)
                 start += chunk_size
             # copied: a slice would keep this slice's whole result alive while the next is read
             rest = copied(table.slice(start)) if start < table.num_rows else None
             del table
         if rest is not None:
-            yield ChangedBatch.of_rows(rest, around)
+            yield ChangedBatch.of_rows(rest, envelope)
 
     def referenced_ids(self) -> list[tuple[str, str]]:
         """(collection id, product id) for each product the valid collections of this sync name."""
