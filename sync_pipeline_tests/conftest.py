@@ -110,6 +110,19 @@ def sandbox():
     stop_sandbox(box)
 
 
+@pytest.fixture
+def slow_gateway():
+    """The sandbox in a thread of this process, with 600 products, whose gateway takes 100 to
+    200 ms over each batch."""
+    from sync_pipeline.sandbox.app import SandboxConfig
+    from sync_pipeline.sandbox.process import start_in_thread
+
+    sandbox = start_in_thread(SandboxConfig(products=600, collections=2, queue_delay=0, process_delay=0.1,
+                                            process_delay_max=0.2))
+    yield sandbox
+    sandbox.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_sandbox():
     """A sandbox for tests that only read from it."""

@@ -10,8 +10,6 @@ from sync_pipeline.domain import EntityType, SyncMode, Window, utcnow
 from sync_pipeline.errors import GatewayError
 from sync_pipeline.gateway import GatewayClient
 from sync_pipeline.pipeline import SyncScratch, fetch_and_stage, publish_changes
-from sync_pipeline.sandbox.app import SandboxConfig
-from sync_pipeline.sandbox.process import start_in_thread
 from sync_pipeline.settings import SANDBOX_GATEWAY_TOKEN, SANDBOX_PRODUCT_TOKEN
 from sync_pipeline.sources import ProductServiceClient
 from sync_pipeline.staging import StagingStore, connect_scratch
@@ -58,20 +56,11 @@ class CountingGateway(GatewayClient):
 
 
 @pytest.fixture
-def slow_sandbox():
-    """600 products; the gateway takes 100 to 200 ms over each batch."""
-    sandbox = start_in_thread(SandboxConfig(products=600, collections=2, queue_delay=0, process_delay=0.1,
-                                            process_delay_max=0.2))
-    yield sandbox
-    sandbox.stop()
-
-
-@pytest.fixture
-def staged(tmp_path, slow_sandbox):
-    """A first full sync of the sandbox's products, staged and not yet published."""
+def staged(tmp_path, slow_gateway):
+    """A first full sync of the slow gateway's sandbox's 600 products, staged and not yet published."""
     state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     sync = state.enqueue_sync(EntityType.PRODUCT, SyncMode.FULL, origin="test")
-    source = ProductServiceClient(slow_sandbox.url, SANDBOX_PRODUCT_TOKEN)
+    source = ProductServiceClient(slow_gateway.url, SANDBOX_PRODUCT_TOKEN)
     with connect_scratch(tmp_path / "staging.duckdb") as connection:
         scratch = SyncScratch(
             state=state, staging=StagingStore(connection), directory=tmp_path, merchant="default",
@@ -83,9 +72,9 @@ def staged(tmp_path, slow_sandbox):
     state.dispose()
 
 
-def test_many_batches_are_at_the_gateway_at_once_and_only_a_few_are_being_sent(staged, slow_sandbox):
+def test_many_batches_are_at_the_gateway_at_once_and_only_a_few_are_being_sent(staged, slow_gateway):
     scratch, valid = staged
-    gateway = CountingGateway(slow_sandbox.url)
+    gateway = CountingGateway(slow_gateway.url)
     try:
         result = publish_changes(gateway, scratch, batch_size=20, workers=12, sending=2)
     finally:
@@ -93,14 +82,14 @@ def test_many_batches_are_at_the_gateway_at_once_and_only_a_few_are_being_sent(s
     assert result.published + result.failed == valid and result.published > 0
     assert gateway.peak_sending == 2  # never more bodies held for sending than that
     assert gateway.peak_at_gateway > 4  # while many more are followed at the gateway
-    held = requests.get(f"{slow_sandbox.url}/_admin/gateway/PRODUCT", timeout=30).json()["records"]
+    held = requests.get(f"{slow_gateway.url}/_admin/gateway/PRODUCT", timeout=30).json()["records"]
     assert len(held) == result.published
 
 
 @pytest.mark.timeout(120)
-def test_a_batch_that_cannot_be_sent_fails_publishing_without_holding_up_the_rest(staged, slow_sandbox):
+def test_a_batch_that_cannot_be_sent_fails_publishing_without_holding_up_the_rest(staged, slow_gateway):
     scratch, _ = staged
-    gateway = CountingGateway(slow_sandbox.url, fail_at=3)
+    gateway = CountingGateway(slow_gateway.url, fail_at=3)
     try:
         with pytest.raises(GatewayError, match="HTTP 500"):
             publish_changes(gateway, scratch, batch_size=20, workers=12, sending=1)

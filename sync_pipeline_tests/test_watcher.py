@@ -24,15 +24,6 @@ def follow_many(url: str, count: int, in_flight: int, **watcher_options) -> tupl
     return outcomes, watcher
 
 
-@pytest.fixture
-def slow_gateway():
-    """A gateway that takes 100 to 200 ms over each batch."""
-    sandbox = start_in_thread(SandboxConfig(products=10, collections=2, queue_delay=0, process_delay=0.1,
-                                            process_delay_max=0.2))
-    yield sandbox
-    sandbox.stop()
-
-
 def test_batches_in_flight_are_followed_together_and_asked_about_a_few_times_each(slow_gateway):
     outcomes, watcher = follow_many(slow_gateway.url, 64, 16)
     assert [o.batch_status for o in outcomes] == ["COMPLETED"] * 64
