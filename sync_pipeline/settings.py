@@ -52,19 +52,25 @@ def max_concurrent_syncs() -> int:
 def gateway_in_flight() -> int:
     """How many batches a sync keeps at the gateway at once, submitted and not yet ended
     (SYNC_GATEWAY_IN_FLIGHT, default 16). The gateway's 429s slow it further."""
-    value = int(os.environ.get("SYNC_GATEWAY_IN_FLIGHT") or 16)
-    if value < 1:
-        raise ValueError(f"SYNC_GATEWAY_IN_FLIGHT must be at least 1, not {value}")
-    return value
+    return _at_least_one("SYNC_GATEWAY_IN_FLIGHT", 16)
 
 
 def gateway_sending() -> int:
     """How many of those batches a sync sends at once: each holds its request body (about a
-    megabyte of records' JSON) until the gateway answers the submission; the rest are followed
-    by their ids alone (SYNC_GATEWAY_SENDING, default 4)."""
-    value = int(os.environ.get("SYNC_GATEWAY_SENDING") or 4)
+    megabyte of records' JSON) until the gateway has taken it; the rest are followed by their
+    ids alone (SYNC_GATEWAY_SENDING, default 4)."""
+    return _at_least_one("SYNC_GATEWAY_SENDING", 4)
+
+
+def _at_least_one(name: str, default: int) -> int:
+    """The whole number in the environment variable `name` (`default` when unset or empty)."""
+    text = os.environ.get(name) or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {text!r}") from None
     if value < 1:
-        raise ValueError(f"SYNC_GATEWAY_SENDING must be at least 1, not {value}")
+        raise ValueError(f"{name} must be at least 1, not {value}")
     return value
 
 

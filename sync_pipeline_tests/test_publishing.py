@@ -9,6 +9,7 @@ import requests
 from sync_pipeline.domain import EntityType, SyncMode, Window, utcnow
 from sync_pipeline.errors import GatewayError
 from sync_pipeline.gateway import GatewayClient
+from sync_pipeline import settings
 from sync_pipeline.pipeline import SyncScratch, fetch_and_stage, publish_changes
 from sync_pipeline.settings import SANDBOX_GATEWAY_TOKEN, SANDBOX_PRODUCT_TOKEN
 from sync_pipeline.sources import ProductServiceClient
@@ -96,3 +97,16 @@ def test_a_batch_that_cannot_be_sent_fails_publishing_without_holding_up_the_res
     finally:
         gateway.close()
     assert gateway.submitted > 3  # the batch that failed gave its one place back
+
+
+@pytest.mark.parametrize("name", ["SYNC_GATEWAY_IN_FLIGHT", "SYNC_GATEWAY_SENDING"])
+def test_the_batches_a_sync_keeps_and_sends_at_once_are_whole_numbers_from_one(monkeypatch, name):
+    read = {"SYNC_GATEWAY_IN_FLIGHT": settings.gateway_in_flight, "SYNC_GATEWAY_SENDING": settings.gateway_sending}[name]
+    monkeypatch.setenv(name, "")
+    assert read() == {"SYNC_GATEWAY_IN_FLIGHT": 16, "SYNC_GATEWAY_SENDING": 4}[name]
+    monkeypatch.setenv(name, "8")
+    assert read() == 8
+    for bad, message in (("0", "at least 1, not 0"), ("four", "a whole number, not 'four'")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"{name} must be {message}"):
+            read()
