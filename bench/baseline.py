@@ -52,5 +52,7 @@ def fetch_and_post(url: str) -> dict:
 if __name__ == "__main__":
     what, url = sys.argv[1], sys.argv[2]
     result = fetch_only(url) if what == "fetch" else fetch_and_post(url)
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_seconds"] = round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3)
+    result["peak_rss_mib"] = round(own.ru_maxrss / 1024, 1)
     print("BENCH " + json.dumps(result))

@@ -15,13 +15,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
 from sync_pipeline.sandbox.process import free_port, start_sandbox, stop
-from sync_pipeline.settings import SANDBOX_PRODUCT_TOKEN
+from sync_pipeline.settings import SANDBOX_PRODUCT_TOKEN, usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -37,6 +38,27 @@ def bench_json(command: list[str], env: dict | None = None) -> dict:
                 result["output"] = (done.stdout[-1500:] + done.stderr[-1500:]).strip()
             return result
     raise RuntimeError(f"{command[:4]} failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-3000:]}")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time, user and system, process `pid` has used so far (with its children's that it
+    waited for), from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return sum(int(ticks) for ticks in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
+
+
+def with_sandbox_cpu(sandbox: subprocess.Popen, measure: Callable[[], dict]) -> dict:
+    """`measure()`'s figures, with the CPU the sandbox spent meanwhile (serving pages, taking and
+    processing batches): on a machine it shares, the limit and the sync pay for it too."""
+    before = cpu_seconds(sandbox.pid)
+    result = measure()
+    after = cpu_seconds(sandbox.pid)
+    if before is not None and after is not None:
+        result["sandbox_cpu_seconds"] = round(after - before, 2)
+    return result
 
 
 class SyncEnv:
@@ -99,23 +121,23 @@ def measure_size(n: int, dlt_max: int, gateway: str, first_sync_only: bool = Fal
     over each batch; with `first_sync_only`, the limit and a full first sync only."""
     print(f"== {n:,} products, gateway batches take {gateway} s", flush=True)
     sandbox, url = start_sandbox("--products", str(n), "--collections", "10", "--batch-seconds", gateway, timeout=1800)
-    row: dict = {"products": n, "gateway": gateway}
+    row: dict = {"products": n, "gateway": gateway, "cores": usable_cores()}
     try:
         row["sandbox_ceiling"] = sandbox_ceiling(url)
-        row["baseline_fetch"] = bench_json([sys.executable, "-m", "bench.baseline", "fetch", url])
-        row["baseline_fetch_post"] = bench_json([sys.executable, "-m", "bench.baseline", "post", url])
+        for what, key in (("fetch", "baseline_fetch"), ("post", "baseline_fetch_post")):
+            row[key] = with_sandbox_cpu(sandbox, lambda: bench_json([sys.executable, "-m", "bench.baseline", what, url]))
         if DLT_PYTHON.exists() and n <= dlt_max and not first_sync_only:
             row["dlt_fetch_stage"] = bench_json([str(DLT_PYTHON), str(ROOT / "bench" / "dlt_peer.py"), url, SANDBOX_PRODUCT_TOKEN])
         env = SyncEnv(url)
         try:
-            row["full_first_sync"] = env.sync("--mode", "full")
+            row["full_first_sync"] = with_sandbox_cpu(sandbox, lambda: env.sync("--mode", "full"))
             if first_sync_only:
                 print(json.dumps(row, indent=1), flush=True)
                 return row
-            row["full_resync_unchanged"] = env.sync("--mode", "full")
+            row["full_resync_unchanged"] = with_sandbox_cpu(sandbox, lambda: env.sync("--mode", "full"))
             changed = max(1, n // 100)
             requests.post(f"{url}/_admin/source/products/update", json={"count": changed}, timeout=600).raise_for_status()
-            row["latest_after_1pct"] = env.sync()
+            row["latest_after_1pct"] = with_sandbox_cpu(sandbox, env.sync)
             row["latest_after_1pct"]["changed"] = changed
         finally:
             env.close()
@@ -211,6 +233,7 @@ def markdown(rows: list[dict], api: dict | None) -> str:
         full, limit = r["full_first_sync"], r["baseline_fetch_post"]["seconds"]
         lines.append(f"| {r['gateway']} | {r['products']:,} | {r['baseline_fetch']['seconds']:.1f} | {limit:.1f} "
                      f"| {full['seconds']:.1f} | {full['seconds'] / limit:.2f}× | {r['products'] / full['seconds']:,.0f} |")
+    lines += cpu_budget(rows)
     lines.append("")
     lines.append("Sync times are whole `sync-pipeline sync PRODUCT` processes (Python and Dagster start-up, the run, "
                  "its records in the instance); the limit is the same HTTP stack moving the same records with nothing else.")
@@ -222,6 +245,30 @@ def markdown(rows: list[dict], api: dict | None) -> str:
             f"p99 {api['p99_ms']} ms, {api['errors']} errors."
         )
     return "\n".join(lines) + "\n"
+
+
+def cpu_budget(rows: list[dict]) -> list[str]:
+    """The core-seconds of the limit and of each full first sync, its own with its children's
+    and the sandbox's meanwhile, and the wall time those allow at least on this machine's cores
+    (all of them busy throughout): the floor that no overlap of a sync's parts gets under."""
+    rows = [r for r in rows if "sandbox_cpu_seconds" in r["full_first_sync"] and "cpu_seconds" in r["baseline_fetch_post"]]
+    if not rows:
+        return []
+    lines = [
+        "", "| gateway batch s | products | cores | limit: client + sandbox core-s | full first sync: sync + sandbox core-s "
+        "| the sync's floor s (core-s ÷ cores) | 1.5 × limit s | full first sync s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        limit, full, cores = r["baseline_fetch_post"], r["full_first_sync"], r["cores"]
+        spent = full["cpu_seconds"] + full["sandbox_cpu_seconds"]
+        lines.append(
+            f"| {r['gateway']} | {r['products']:,} | {cores:g} "
+            f"| {limit['cpu_seconds']:.1f} + {limit['sandbox_cpu_seconds']:.1f} "
+            f"| {full['cpu_seconds']:.1f} + {full['sandbox_cpu_seconds']:.1f} = {spent:.1f} "
+            f"| {spent / cores:.1f} | {1.5 * limit['seconds']:.1f} | {full['seconds']:.1f} |"
+        )
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
