@@ -21,12 +21,14 @@ from pathlib import Path
 
 import requests
 
+from bench.infra import process_cpu_seconds
 from sync_pipeline.sandbox.process import free_port, start_sandbox, stop
 from sync_pipeline.settings import SANDBOX_PRODUCT_TOKEN, usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DLT_PYTHON = ROOT / ".venv-dlt" / "bin" / "python"
+BUDGET_FROM = 100_000  # products: the smallest catalogue the CPU budget is given for (see `cpu_budget`)
 
 
 def bench_json(command: list[str], env: dict | None = None) -> dict:
@@ -40,24 +42,12 @@ def bench_json(command: list[str], env: dict | None = None) -> dict:
     raise RuntimeError(f"{command[:4]} failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-3000:]}")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """The CPU time, user and system, process `pid` has used so far (with its children's that it
-    waited for), from /proc; None where there is no /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return sum(int(ticks) for ticks in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
-
-
 def with_sandbox_cpu(sandbox: subprocess.Popen, measure: Callable[[], dict]) -> dict:
     """`measure()`'s figures, with the CPU the sandbox spent meanwhile (serving pages, taking and
     processing batches): on a machine it shares, the limit and the sync pay for it too."""
-    before = cpu_seconds(sandbox.pid)
+    before = process_cpu_seconds(sandbox.pid)
     result = measure()
-    after = cpu_seconds(sandbox.pid)
-    if before is not None and after is not None:
-        result["sandbox_cpu_seconds"] = round(after - before, 2)
+    result["sandbox_cpu_seconds"] = round(process_cpu_seconds(sandbox.pid) - before, 2)
     return result
 
 
@@ -125,7 +115,8 @@ def measure_size(n: int, dlt_max: int, gateway: str, first_sync_only: bool = Fal
     try:
         row["sandbox_ceiling"] = sandbox_ceiling(url)
         for what, key in (("fetch", "baseline_fetch"), ("post", "baseline_fetch_post")):
-            row[key] = with_sandbox_cpu(sandbox, lambda: bench_json([sys.executable, "-m", "bench.baseline", what, url]))
+            command = [sys.executable, "-m", "bench.baseline", what, url]
+            row[key] = with_sandbox_cpu(sandbox, lambda command=command: bench_json(command))
         if DLT_PYTHON.exists() and n <= dlt_max and not first_sync_only:
             row["dlt_fetch_stage"] = bench_json([str(DLT_PYTHON), str(ROOT / "bench" / "dlt_peer.py"), url, SANDBOX_PRODUCT_TOKEN])
         env = SyncEnv(url)
@@ -250,12 +241,19 @@ def markdown(rows: list[dict], api: dict | None) -> str:
 def cpu_budget(rows: list[dict]) -> list[str]:
     """The core-seconds of the limit and of each full first sync, its own with its children's
     and the sandbox's meanwhile, and the wall time those allow at least on this machine's cores
-    (all of them busy throughout): the floor that no overlap of a sync's parts gets under."""
-    rows = [r for r in rows if "sandbox_cpu_seconds" in r["full_first_sync"] and "cpu_seconds" in r["baseline_fetch_post"]]
+    (all of them busy throughout): the floor that no overlap of a sync's parts gets under. From
+    BUDGET_FROM products: below, the processes' start-up, which their seconds leave out, is most
+    of their CPU."""
+    measured = ("cpu_seconds", "sandbox_cpu_seconds")
+    rows = [
+        r for r in rows if r["products"] >= BUDGET_FROM and "cores" in r
+        and all(key in r[run] for key in measured for run in ("baseline_fetch_post", "full_first_sync"))
+    ]
     if not rows:
         return []
     lines = [
-        "", "| gateway batch s | products | cores | limit: client + sandbox core-s | full first sync: sync + sandbox core-s "
+        "",
+        "| gateway batch s | products | cores | limit: client + sandbox core-s | full first sync: sync + sandbox core-s "
         "| the sync's floor s (core-s ÷ cores) | 1.5 × limit s | full first sync s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -263,7 +261,7 @@ def cpu_budget(rows: list[dict]) -> list[str]:
         limit, full, cores = r["baseline_fetch_post"], r["full_first_sync"], r["cores"]
         spent = full["cpu_seconds"] + full["sandbox_cpu_seconds"]
         lines.append(
-            f"| {r['gateway']} | {r['products']:,} | {cores:g} "
+            f"| {r['gateway']} | {r['products']:,} | {cores:.3g} "
             f"| {limit['cpu_seconds']:.1f} + {limit['sandbox_cpu_seconds']:.1f} "
             f"| {full['cpu_seconds']:.1f} + {full['sandbox_cpu_seconds']:.1f} = {spent:.1f} "
             f"| {spent / cores:.1f} | {1.5 * limit['seconds']:.1f} | {full['seconds']:.1f} |"
