@@ -1,4 +1,4 @@
-"""The vocabulary every layer shares: entity types, sync modes, sync statuses, windows."""
+"""The vocabulary every layer shares: entity types, sync modes, sync statuses, trail events, windows."""
 
 from __future__ import annotations
 
@@ -83,6 +83,23 @@ class SyncStatus(enum.Enum):
             if status.code == code:
                 return status
         raise ValueError(f"unknown sync status code {code}")
+
+
+class Event:
+    """What happened to a record in a sync: the `event` column of its trail."""
+
+    SEEN = "seen"  # a new valid version at the source
+    REJECTED = "rejected"  # an invalid version, with the reason
+    PUBLISHED = "published"  # the gateway applied this version (batch)
+    REFUSED = "refused"  # the gateway refused it, with its reason (batch)
+    PARKED = "parked"  # refused again at the same version: not sent until it changes
+    FAILED = "failed"  # its batch FAILED or was never settled
+    GONE = "gone"  # the product service answers 404
+    DELETED = "deleted"  # the gateway deleted it (batch)
+    # A version seen and published by the same sync, in one row of `record_events`: `event_at`
+    # when it was published, `detail` when it was seen (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC); the
+    # trail shows the two events (trail.py).
+    SEEN_PUBLISHED = "seen+published"
 
 
 ACTIVE_STATUSES = frozenset({SyncStatus.QUEUED, SyncStatus.IN_PROGRESS})

@@ -9,10 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .domain import EntityType, as_utc, format_time
-from .staging.store import PENDING_DELETE, PENDING_PUBLISH, TIME_FORMAT, Event
+from .domain import EntityType, Event, as_utc, format_time, parse_time
+from .staging.store import PENDING_DELETE, PENDING_PUBLISH, TIME_FORMAT
 from .state import StateStore
-from .state.schema import record_events, records, rejections
+from .state.schema import batches, record_events, records, rejections
 
 EVENTS_SHOWN = 20
 
@@ -123,6 +123,36 @@ def _shown(event: sa.Row) -> list[dict[str, Any]]:
     ]
 
 
+def _of_row(state: dict[str, Any], published_by: str | None) -> list[dict[str, Any]]:
+    """The newest `published` and `seen` events, which are the record's row itself (the state
+    store writes them to `record_events` once the row no longer says them)."""
+    events = []
+    if state["held_at"]:
+        events.append({
+            "at": _t(state["held_at"]), "event": Event.PUBLISHED, "syncId": published_by,
+            "contentHash": state["held_hash"], "batchId": state["held_batch_id"], "detail": None,
+        })
+    if state["source_seen_at"]:
+        events.append({
+            "at": _t(state["source_seen_at"]), "event": Event.SEEN, "syncId": state["source_sync_id"],
+            "contentHash": state["source_hash"], "batchId": None, "detail": None,
+        })
+    return events
+
+
+def _newest_first(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events by time, newest first, each once (the row's own events may also be stored, by
+    a release that wrote them to `record_events` as they happened). At one time, the order given
+    stands."""
+    once, seen = [], set()
+    for event in events:
+        key = (event["event"], event["at"], event["contentHash"], event["batchId"])
+        if key not in seen:
+            seen.add(key)
+            once.append(event)
+    return sorted(once, key=lambda event: parse_time(event["at"]), reverse=True)
+
+
 def record_trail(
     store: StateStore, entity: EntityType, record_id: str, *, merchant: str, park_after: int | None
 ) -> Trail | None:
@@ -133,7 +163,10 @@ def record_trail(
         if row is None:
             return None
         state = {name: as_utc(value) if isinstance(value, datetime) else value for name, value in row._mapping.items()}
-        events = [
+        published_by = None if not state["held_batch_id"] else conn.execute(
+            sa.select(batches.c.sync_id).where(batches.c.batch_id == state["held_batch_id"])
+        ).scalar()
+        stored = [
             shown
             for event in conn.execute(
                 sa.select(record_events)
@@ -143,7 +176,8 @@ def record_trail(
                 .limit(EVENTS_SHOWN)
             )
             for shown in _shown(event)
-        ][:EVENTS_SHOWN]
+        ]
+        events = _newest_first(_of_row(state, published_by) + stored)[:EVENTS_SHOWN]
         rejection = conn.execute(
             sa.select(rejections.c.sync_id, rejections.c.reason, rejections.c.raw, rejections.c.rejected_at)
             .where(rejections.c.merchant_id == merchant, rejections.c.entity_type == entity.value,
@@ -156,4 +190,3 @@ def record_trail(
         "at": _t(as_utc(rejection.rejected_at)),
     }
     return Trail(merchant, entity, record_id, state, last_rejection, events, park_after)
-

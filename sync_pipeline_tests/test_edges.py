@@ -250,8 +250,18 @@ def test_explain_says_why_a_record_is_or_is_not_at_the_gateway(sync_env, sandbox
     assert parse_time(seen["at"]) < parse_time(published["at"])
     assert seen["contentHash"] == published["contentHash"] and seen["syncId"] == published["syncId"]
     assert invalid.as_dict()["lastRejection"]["raw"].startswith("{")
-    current = record_trail(store, EntityType.PRODUCT, sorted(sandbox.gateway("PRODUCT"))[0], merchant="default", park_after=2)
+    current_id = sorted(sandbox.gateway("PRODUCT"))[0]
+    current = record_trail(store, EntityType.PRODUCT, current_id, merchant="default", park_after=2)
     assert current.sentence().startswith("Current at the gateway")
+    # a new version: the row says it, and the trail keeps the one before as its sync wrote it
+    sandbox.admin("POST", "/source/products/update", json={"ids": [current_id]})
+    assert main(["sync", "PRODUCT"]) == 0
+    changed = record_trail(store, EntityType.PRODUCT, current_id, merchant="default", park_after=2)
+    assert changed.sentence().startswith("Current at the gateway")
+    shown = [(e["event"], e["contentHash"]) for e in changed.events]
+    old, new = current.state["held_hash"], changed.state["held_hash"]
+    assert old != new and shown == [("published", new), ("seen", new), ("published", old), ("seen", old)]
+    assert changed.events[2:] == current.events
     capsys.readouterr()
     assert main(["explain", "PRODUCT", refused]) == 0
     out = capsys.readouterr().out

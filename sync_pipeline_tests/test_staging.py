@@ -32,7 +32,7 @@ class Syncs:
 
     def next(self) -> StagingStore:
         if self.connection is not None:
-            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered, seen_unsaved, published_unsaved) FROM known) TO '{self.state}' (HEADER)")
+            self.connection.execute(f"COPY (SELECT * EXCLUDE (dirty, answered, published_unsaved) FROM known) TO '{self.state}' (HEADER)")
             self.connection.close()
         self.number += 1
         self.connection = connect_scratch(self.tmp_path / f"scratch-{self.number}.duckdb")
@@ -106,7 +106,7 @@ def test_an_unchanged_listing_writes_nothing_back(syncs, tmp_path):
     staging = syncs.next()
     stage(staging, [product("a"), product("b")])
     publish_all(staging)
-    assert staging.unsaved_to_csv(tmp_path / "first.csv", tmp_path / "first-events.csv") == (2, 2)  # seen and published, one row each
+    assert staging.unsaved_to_csv(tmp_path / "first.csv", tmp_path / "first-events.csv") == (2, 0)  # the rows are their seen and published
     staging.mark_saved()
     staging = syncs.next()
     stage(staging, [product("a"), product("b")], sync_id="s2")
@@ -144,14 +144,20 @@ def test_a_fold_of_one_kind_of_answer_marks_its_record_answered(syncs, tmp_path)
         staging.fold_outcomes(NOW)
         rows, events = staging.unsaved_to_csv(tmp_path / f"{n}.csv", tmp_path / f"{n}-events.csv", settled_only=True)
         assert rows == 1 and (tmp_path / f"{n}.csv").read_text().splitlines()[1].startswith(f"{record_id},")
-        trail = [line.split(",") for line in (tmp_path / f"{n}-events.csv").read_text().splitlines()[1:]]
-        assert [record_id, Event.PUBLISHED if kind == Outcome.HELD else kind] in [row[:3:2] for row in trail]
+        if kind == Outcome.HELD:  # its `published` is its row
+            assert events == 0 and f",b{n}," in (tmp_path / f"{n}.csv").read_text()
+        else:
+            trail = [line.split(",") for line in (tmp_path / f"{n}-events.csv").read_text().splitlines()[1:]]
+            assert [record_id, kind] in [row[:3:2] for row in trail]
         staging.mark_saved()
     staging.fold_outcomes(NOW)  # nothing to fold
     assert staging.unsaved_to_csv(tmp_path / "end.csv", tmp_path / "end-events.csv", settled_only=True) == (0, 0)
 
 
-def test_a_version_seen_and_published_by_one_sync_is_one_row_of_its_trail(syncs, tmp_path):
+def test_a_save_writes_only_the_trail_events_its_rows_do_not_say(syncs, tmp_path):
+    """A row's `seen` and `published` are the row: the state store keeps them as trail rows only
+    once a later row replaces them. A `published` that a deletion clears before its row is saved
+    goes to the trail with the deletion."""
     from sync_pipeline.staging.store import TIME_FORMAT
 
     staging = syncs.next()
@@ -165,26 +171,25 @@ def test_a_version_seen_and_published_by_one_sync_is_one_row_of_its_trail(syncs,
     staging.fold_outcomes(LATER)
 
     def trail(name: str, **save) -> list[list[str]]:
-        staging.unsaved_to_csv(tmp_path / f"{name}.csv", tmp_path / f"{name}-events.csv", **save)
+        _, events = staging.unsaved_to_csv(tmp_path / f"{name}.csv", tmp_path / f"{name}-events.csv", **save)
         staging.mark_saved()
+        if not events:
+            return []
         return [row.split(",") for row in (tmp_path / f"{name}-events.csv").read_text().splitlines()[1:]]
 
-    seen_at, published_at = NOW.strftime(TIME_FORMAT), LATER.strftime(TIME_FORMAT)
-    # c is not answered yet: its row waits, and so does its `seen`
+    published_at = LATER.strftime(TIME_FORMAT)
     assert trail("while", settled_only=True) == [
-        ["a", published_at, Event.SEEN_PUBLISHED, hashes["a"], "b1", seen_at],
-        ["b", seen_at, Event.SEEN, hashes["b"], "", ""],
         ["b", published_at, Event.REFUSED, hashes["b"], "b1", "too long"],
-        ["d", seen_at, Event.SEEN, hashes["d"], "", ""],
-        ["d", published_at, Event.PUBLISHED, "another", "b1", ""],
-        ["e", seen_at, Event.SEEN, hashes["e"], "", ""],
         ["e", published_at, Event.PUBLISHED, hashes["e"], "b1", ""],
         ["e", published_at, Event.DELETED, "", "b2", ""],
     ]
-    assert trail("end") == [["c", seen_at, Event.SEEN, hashes["c"], "", ""]]
+    rows = {row.split(",")[0]: row for row in (tmp_path / "while.csv").read_text().splitlines()[1:]}
+    assert sorted(rows) == ["a", "b", "d", "e"]  # c is not answered yet: its row waits
+    assert f",{hashes['a']},b1,{published_at}," in rows["a"] and ",another,b1," in rows["d"]
+    assert trail("end") == []
     staging.record_outcomes(Outcome.HELD, ["c"], [hashes["c"]], "b3", [None])
     staging.fold_outcomes(LATER)
-    assert trail("late") == [["c", published_at, Event.PUBLISHED, hashes["c"], "b3", ""]]  # its `seen` is saved
+    assert trail("late") == []
 
 
 def test_only_changed_content_is_published_again(syncs):
@@ -368,14 +373,14 @@ def insert_held(staging: StagingStore, count: int, **columns: str) -> None:
 def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     """Sorting the write-back (its rows and trail events, in key order) on two threads asked
     DuckDB for a 64 MiB block per thread: a 1M first sync failed at the 128 MB cap. Scaled
-    down: 300k rows and 900k events (300k of them made from the rows) at a 48 MB cap; 300k
+    down: 300k rows and 900k events at a 48 MB cap; 300k
     rows and 600k events failed the same way before. At 48 MB, one sort of the whole write-back
     on one thread failed so too (`failed to pin block of size 256.0 KiB`), as a 1M first sync
     did: it is sorted a part at a time."""
     staging = capped_scratch(tmp_path)
     connection, record_id = staging.db, RECORD_ID
-    insert_held(staging, 300_000, dirty="true", seen_unsaved="true", published_unsaved="true")
-    for event in ("refused", "failed"):
+    insert_held(staging, 300_000, dirty="true", published_unsaved="true")
+    for event in ("refused", "failed", "gone"):
         connection.execute(
             f"INSERT INTO events SELECT {record_id}, now(), '{event}', md5(i::varchar), NULL, NULL FROM range(300000) t(i)"
         )
@@ -384,7 +389,7 @@ def test_a_large_write_back_fits_the_memory_cap(tmp_path):
     with (tmp_path / "events.csv").open() as events:
         next(events)
         first, second = next(events), next(events)
-    assert first.startswith("gid://shopify/Product/00000000,") and ",seen+published," in first and ",refused," in second
+    assert first.startswith("gid://shopify/Product/00000000,") and ",refused," in first and ",failed," in second
     for name, count in (("rows.csv", 300_000), ("events.csv", 900_000)):  # written in parts: none lost, all in order
         with (tmp_path / name).open() as written:
             next(written)
@@ -617,9 +622,9 @@ def test_the_write_back_in_parts_is_byte_for_byte_the_write_back_in_one_sort(tmp
     staging.db.execute("INSERT INTO known (record_id, dirty) VALUES (NULL, true)")  # sorts last
     staging.db.execute(
         "INSERT INTO known (record_id, source_hash, source_seen_at, held_hash, held_at, rejected_reason,"
-        " dirty, seen_unsaved, published_unsaved)"
+        " dirty, published_unsaved)"
         " SELECT id, md5(id), now(), CASE WHEN i % 3 = 0 THEN md5(id) END, now(),"
-        " CASE WHEN i % 5 = 0 THEN 'two' || chr(10) || 'lines, \"quoted\"' END, true, i % 2 = 0, i % 3 = 0 FROM ids"
+        " CASE WHEN i % 5 = 0 THEN 'two' || chr(10) || 'lines, \"quoted\"' END, true, i % 3 = 0 FROM ids"
     )
     for event in ("refused", "failed", "parked"):
         staging.db.execute(
@@ -681,9 +686,10 @@ from sync_pipeline.staging import StagingStore, connect_scratch
 folder = Path(sys.argv[1])
 staging = StagingStore(connect_scratch(folder / "scratch.duckdb"))
 staging.db.execute(
-    "INSERT INTO known (record_id, source_hash, source_seen_at, held_hash, held_at, dirty, seen_unsaved)"
-    " VALUES ('a', 'h', TIMESTAMPTZ '2026-03-01 00:00:00+00', 'h', TIMESTAMPTZ '2026-03-01 00:00:05+00', true, true)"
+    "INSERT INTO known (record_id, source_hash, source_seen_at, held_hash, held_at, dirty)"
+    " VALUES ('a', 'h', TIMESTAMPTZ '2026-03-01 00:00:00+00', 'h', TIMESTAMPTZ '2026-03-01 00:00:05+00', true)"
 )
+staging.db.execute("INSERT INTO events VALUES ('a', TIMESTAMPTZ '2026-03-01 00:00:10+00', 'refused', 'h', 'b1', 'no')")
 print(staging.unsaved_to_csv(folder / "rows.csv", folder / "events.csv"))
 """
     tokyo = {**os.environ, "TZ": "Asia/Tokyo"}
@@ -691,7 +697,7 @@ print(staging.unsaved_to_csv(folder / "rows.csv", folder / "events.csv"))
     row = next(csv.DictReader((tmp_path / "rows.csv").open()))
     assert (row["source_seen_at"], row["held_at"]) == ("2026-03-01 00:00:00.000000", "2026-03-01 00:00:05.000000")
     event = next(csv.DictReader((tmp_path / "events.csv").open()))
-    assert event["event_at"] == "2026-03-01 00:00:00.000000"
+    assert event["event_at"] == "2026-03-01 00:00:10.000000"
 
 
 def test_the_state_store_s_rows_loaded_beside_are_those_loaded_on_the_scratch_s_connection_times_in_utc(tmp_path):

@@ -14,14 +14,14 @@ Tables:
             `pending` (1: the gateway is owed the source's version; 2: a confirmed deletion).
             Rows this sync changes are marked `dirty` and written back (`take_unsaved`);
             `answered` marks those the gateway has answered for this sync (see `settled`).
-            `seen_unsaved` and `published_unsaved` mark rows whose `seen` (a new valid version)
-            or `published` event is not written yet: both are made from the row when it is
-            written back, as one row of the trail when the version published is the one seen
-            (see `Event`); a fold does not write a million events for a million published
+            A row's own `seen` (its valid version) and `published` (what the gateway holds) are
+            the trail's newest events: no trail row repeats them (state.records
+            `_superseded_events`). `published_unsaved` marks a row published since its last
+            save, whose `published` goes to `events` if a deletion clears it before the save
   outcomes  what the gateway said about each item sent, appended per batch and folded into
             `known` in one set operation (then kept in `settled` for the sync's checks)
   events    each record's trail this sync (rejected, refused, parked, failed, gone, deleted;
-            seen and published are made from `known`), written to the state store with the
+            a row's own seen and published are `known`), written to the state store with the
             changed rows; a table of the database, not of one connection, so a save can take them
   saving, saving_events
             what one save writes back, taken from `known` and `events` into temporary tables of
@@ -42,6 +42,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from ..domain import Event
 from ..state.records import UNCHANGED_IF_LISTED_SAME
 from .changes import SCHEMA as CHANGED_SCHEMA
 from .changes import DELETED, NO_ENVELOPE, ChangedBatch, copied
@@ -83,7 +84,7 @@ CREATE TEMP TABLE IF NOT EXISTS fetched (
 CREATE TEMP TABLE IF NOT EXISTS listed (seq BIGINT, listed_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS known (
     {", ".join(f"{name} {kind}" for name, kind in KNOWN_COLUMNS.items())}, dirty BOOLEAN DEFAULT false,
-    answered BOOLEAN DEFAULT false, seen_unsaved BOOLEAN DEFAULT false, published_unsaved BOOLEAN DEFAULT false
+    answered BOOLEAN DEFAULT false, published_unsaved BOOLEAN DEFAULT false
 );
 CREATE TEMP TABLE IF NOT EXISTS outcomes (
     id VARCHAR NOT NULL, kind VARCHAR NOT NULL, content_hash VARCHAR, batch_id VARCHAR, reason VARCHAR
@@ -196,23 +197,6 @@ class Outcome:
     REFUSED = "refused"  # refused per item, with the gateway's reason
     FAILED = "failed"  # its batch ended FAILED or was never settled: nothing applied
     DELETED = "deleted"
-
-
-class Event:
-    """What happened to a record in a sync: the `event` column of its trail."""
-
-    SEEN = "seen"  # a new valid version at the source
-    REJECTED = "rejected"  # an invalid version, with the reason
-    PUBLISHED = "published"  # the gateway applied this version (batch)
-    REFUSED = "refused"  # the gateway refused it, with its reason (batch)
-    PARKED = "parked"  # refused again at the same version: not sent until it changes
-    FAILED = "failed"  # its batch FAILED or was never settled
-    GONE = "gone"  # the product service answers 404
-    DELETED = "deleted"  # the gateway deleted it (batch)
-    # A version seen and published by the same sync, in one row of the state store: `event_at`
-    # when it was published, `detail` when it was seen (TIME_FORMAT, UTC). A first sync of a
-    # million records writes a million rows fewer; the trail shows the two events (trail.py).
-    SEEN_PUBLISHED = "seen+published"
 
 
 @dataclass(frozen=True)
@@ -348,7 +332,7 @@ class StagingStore:
         """Forget what `take_unsaved` took (or `unsaved_to_csv` wrote): it is written back from
         there. Nothing changed meanwhile: the scratch's tables are changed from one thread."""
         self.db.execute(
-            f"UPDATE known SET dirty = false, seen_unsaved = false, published_unsaved = false WHERE {self._saved_where}"
+            f"UPDATE known SET dirty = false, published_unsaved = false WHERE {self._saved_where}"
         )
         self.db.execute("DELETE FROM events")
 
@@ -465,7 +449,7 @@ class StagingStore:
             """
         )
         # and the trail: a rejected version, with the reason (a new valid version's `seen` is
-        # noted on its row, `seen_unsaved`, and written with it)
+        # its row)
         db.execute(
             f"""
             INSERT INTO events SELECT id, ?, '{Event.REJECTED}', content_hash, NULL, reason
@@ -476,11 +460,11 @@ class StagingStore:
         db.execute(
             """
             INSERT INTO known (record_id, source_hash, listed_hash, source_updated_at, source_sync_id, source_seen_at,
-                               rejected_reason, rejected_at, refused_times, pending, dirty, seen_unsaved)
+                               rejected_reason, rejected_at, refused_times, pending, dirty)
             SELECT id, CASE WHEN reason IS NULL THEN content_hash END, CASE WHEN reason IS NULL THEN listed_hash END,
                    CASE WHEN reason IS NULL THEN updated_at END,
                    CASE WHEN reason IS NULL THEN ? END, CASE WHEN reason IS NULL THEN ? END,
-                   reason, CASE WHEN reason IS NOT NULL THEN ? END, 0, 0, true, reason IS NULL
+                   reason, CASE WHEN reason IS NOT NULL THEN ? END, 0, 0, true
             FROM changes WHERE is_new
             """,
             [sync_id, now, now],
@@ -493,7 +477,7 @@ class StagingStore:
                 """
                 UPDATE known SET source_hash = c.content_hash, listed_hash = c.listed_hash,
                     source_updated_at = c.updated_at, source_sync_id = ?, source_seen_at = ?, rejected_reason = NULL,
-                    rejected_at = NULL, gone_at = NULL, dirty = true, seen_unsaved = true
+                    rejected_at = NULL, gone_at = NULL, dirty = true
                 FROM changes c
                 WHERE c.id = known.record_id AND c.part = ? AND NOT c.is_new AND c.reason IS NULL AND NOT c.listed_only
                 """,
@@ -711,7 +695,7 @@ class StagingStore:
         the whole catalogue, and most folds hold nothing but `held`.
 
         A record is sent once a sync, so it has one answer between two saves: a second `held`
-        would overwrite the row its first `published` event is made from."""
+        would overwrite the first before the state store could keep it as a `published` event."""
         self._flush_outcomes()
         db = self.db
         kinds = {kind for (kind,) in db.execute("SELECT DISTINCT kind FROM outcomes").fetchall()}
@@ -725,7 +709,7 @@ class StagingStore:
                 f" FROM known WHERE {before}"
             )
             db.execute(f"UPDATE known SET published_unsaved = false WHERE {before}")
-        # a `published` event is made from its row when the row is written back (`published_unsaved`)
+        # a `published` event is its row
         db.execute(
             f"""
             INSERT INTO events SELECT id, ?, kind,
@@ -856,33 +840,15 @@ class Unsaved:
                 )
                 # in key order: the state store's indexes take sorted rows far faster than shuffled
                 self._copy_in_key_order(columns, "saving", "record_id", rows, rows_path)
-            # the `seen` and `published` events not yet written of the rows written now (one
-            # `seen+published` when the version published is the one seen), then `events`
-            both = "(seen_unsaved AND published_unsaved AND held_hash IS NOT DISTINCT FROM source_hash)"
-            seen = f"FROM saving WHERE seen_unsaved AND NOT {both}"
-            published = "FROM saving WHERE published_unsaved"
-            events = self._scalar(
-                f"SELECT (SELECT count(*) {seen}) + (SELECT count(*) {published}) + (SELECT count(*) FROM saving_events)"
-            )
+            # the trail events noted apart (a row's own `seen` and `published` are the row: see
+            # state.records._superseded_events), by record, each record's in the order they
+            # happened (the state store numbers them in file order, and its trail index takes
+            # them in key order)
+            events = self._scalar("SELECT count(*) FROM saving_events")
             if events:
-                # by record too, each record's events in the order they happened (the state store
-                # numbers them in file order, and its trail index takes them in key order)
                 self._copy_in_key_order(
                     f"record_id, strftime(event_at, '{TIME_FORMAT}') AS event_at, event, content_hash, batch_id, detail",
-                    f"""(
-                        SELECT record_id, source_seen_at AS event_at, '{Event.SEEN}' AS event,
-                               source_hash AS content_hash, NULL AS batch_id, NULL AS detail, -2 AS position
-                        {seen}
-                        UNION ALL
-                        SELECT record_id, held_at,
-                               CASE WHEN {both} THEN '{Event.SEEN_PUBLISHED}' ELSE '{Event.PUBLISHED}' END,
-                               held_hash, held_batch_id,
-                               CASE WHEN {both} THEN strftime(source_seen_at, '{TIME_FORMAT}') END, -1
-                        {published}
-                        UNION ALL
-                        SELECT record_id, event_at, event, content_hash, batch_id, detail, position FROM saving_events
-                    )""",
-                    "record_id, position", events, events_path,
+                    "saving_events", "record_id, position", events, events_path,
                 )
         return rows, events
 

@@ -17,16 +17,17 @@ a 32 MiB buffer a thread, which the scratch's 64 MB cap cannot give.)
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..domain import EntityType
+from ..domain import EntityType, Event
 from .schema import records
 
 # Every column after the key, in the order of the CSV files.
@@ -184,7 +185,9 @@ def _csv_values(row) -> list:
 def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: Path) -> int:
     """Insert or update the records in the CSV file `path` (a header naming the DIFF_COLUMNS and
     any others of COLUMNS, times in UTC as `YYYY-MM-DD HH:MM:SS[.ffffff]`, empty for null) in one
-    transaction. The written-only columns of a row already stored are merged (see WRITTEN_ONLY)."""
+    transaction. The written-only columns of a row already stored are merged (see WRITTEN_ONLY).
+    A `seen` or `published` version that a row stops saying goes to the trail first (see
+    `_superseded_events`)."""
     columns = _header(path)
     if columns[:1] != ["record_id"] or not set(DIFF_COLUMNS) <= set(columns) <= set(COLUMNS):
         raise ValueError(f"{path}: the header must start with record_id and name all of {DIFF_COLUMNS}, not {columns}")
@@ -196,7 +199,69 @@ def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: P
     upsert = "ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET " + ", ".join(
         f"{name} = {value}" for name, value in updates.items()
     )
-    return _load_csv(engine, "records", {"merchant_id": merchant, "entity_type": entity.value}, columns, path, upsert)
+    fixed = {"merchant_id": merchant, "entity_type": entity.value}
+    before = _superseded_events(engine.dialect.name, merchant, entity, columns)
+    return _load_csv(engine, "records", fixed, columns, path, upsert, before=before)
+
+
+def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns: list[str]) -> list[str]:
+    """SQL that writes to the trail the `seen` and `published` versions of stored rows that the
+    rows in `incoming` replace or clear, before they are merged in (`import_records`).
+
+    A record's row is its newest trail: the version last seen (`source_*`) and the one the
+    gateway holds (`held_*`) are events that no `record_events` row repeats while the row still
+    says them (trail.py shows them from the row). So a first sync of a million records writes no
+    trail rows for them, where it wrote a million (and its state store took them in 2 of each
+    sync's 4 core-seconds of SQLite). Each version goes to `record_events` here once it is
+    replaced: as one `seen+published` row when the gateway held the version seen and the sync
+    that saw it sent it (as a sync writes it), else as a row each. A published version whose
+    batch is pruned is past the retention itself, and is not written."""
+    sqlite = dialect == "sqlite"
+
+    def incoming(name: str) -> str:
+        if name not in columns:
+            return "NULL"  # as the upsert takes it: `excluded.name` is null
+        return f"NULLIF(i.{name}, '')" if sqlite else f"i.{name}"
+
+    def merged(name: str) -> str:  # what the upsert leaves in the written-only column `name`
+        stamp, (key, _) = next((stamp, group) for stamp, group in WRITTEN_ONLY.items() if name in group[1])
+        cleared = f"WHEN {incoming(key)} IS NULL THEN NULL " if key else ""
+        return f"CASE WHEN {incoming(stamp)} IS NOT NULL THEN {incoming(name)} {cleared}ELSE r.{name} END"
+
+    differs = "IS NOT" if sqlite else "IS DISTINCT FROM"
+    seen_at = "r.source_seen_at" if sqlite else "to_char(r.source_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+    temporary = "CREATE TEMP TABLE superseded" + ("" if sqlite else " ON COMMIT DROP")
+    same = "IS" if sqlite else "IS NOT DISTINCT FROM"
+    both = f"seen AND published AND held_hash {same} source_hash AND held_sync_id {same} source_sync_id"
+    return [
+        "DROP TABLE IF EXISTS temp.superseded" if sqlite else "DROP TABLE IF EXISTS pg_temp.superseded",
+        # one pass over the file, the few rows whose versions go into a table of their own
+        f"""{temporary} AS SELECT * FROM (
+            SELECT r.record_id, r.source_sync_id, r.source_seen_at, {seen_at} AS seen_text, r.source_hash,
+                   r.held_at, r.held_hash, r.held_batch_id, b.sync_id AS held_sync_id,
+                   (r.source_seen_at IS NOT NULL AND r.source_sync_id IS NOT NULL
+                    AND ({merged('source_seen_at')}) {differs} r.source_seen_at) AS seen,
+                   (r.held_at IS NOT NULL AND b.sync_id IS NOT NULL
+                    AND ({merged('held_at')}) {differs} r.held_at) AS published
+            FROM incoming i CROSS JOIN records r LEFT JOIN batches b ON b.batch_id = r.held_batch_id
+            WHERE r.merchant_id = {_sql_literal(merchant)} AND r.entity_type = {_sql_literal(entity.value)}
+              AND r.record_id = i.record_id
+        ) AS stored WHERE seen OR published""",
+        f"""INSERT INTO record_events (merchant_id, entity_type, record_id, sync_id, event_at, event, content_hash,
+                                       batch_id, detail)
+            SELECT {_sql_literal(merchant)}, {_sql_literal(entity.value)}, record_id, sync_id, event_at, event,
+                   content_hash, batch_id, detail FROM (
+                SELECT record_id, source_sync_id AS sync_id, held_at AS event_at, '{Event.SEEN_PUBLISHED}' AS event,
+                       held_hash AS content_hash, held_batch_id AS batch_id, seen_text AS detail
+                FROM superseded WHERE {both}
+                UNION ALL
+                SELECT record_id, source_sync_id, source_seen_at, '{Event.SEEN}', source_hash, NULL, NULL
+                FROM superseded WHERE seen AND NOT ({both})
+                UNION ALL
+                SELECT record_id, held_sync_id, held_at, '{Event.PUBLISHED}', held_hash, held_batch_id, NULL
+                FROM superseded WHERE published AND NOT ({both})
+            ) AS versions""",
+    ]
 
 
 def _header(path: Path) -> list[str]:
@@ -205,34 +270,46 @@ def _header(path: Path) -> list[str]:
         return next(csv.reader(source), [])
 
 
-def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: list[str], path: Path, suffix: str = "") -> int:
+def _load_csv(
+    engine: sa.Engine, table: str, fixed: dict[str, str], columns: list[str], path: Path, suffix: str = "",
+    *, before: Sequence[str] = (),
+) -> int:
     """Insert the rows of a CSV file (`columns`, with a header) into `table`, each with the
-    `fixed` values too, in one transaction: PostgreSQL through COPY into a temporary table,
-    SQLite by one executemany over the CSV reader, or a large file's by SQLite itself in a
-    child process (see `_import_apart`). `suffix`: an ON CONFLICT clause."""
+    `fixed` values too, in one transaction, through a table `incoming` of the file's rows:
+    PostgreSQL's by COPY, SQLite's by one executemany over the CSV reader, or for a large file
+    read by SQLite itself in a child process (see `_import_apart`). `suffix`: an ON CONFLICT
+    clause; `before`: statements over `incoming` run first, in the same transaction. Returns the
+    rows inserted or updated."""
     names = ", ".join(columns)
     targets = ", ".join([*fixed, *columns])
     if engine.dialect.name == "sqlite":
-        # The CSV reader's rows go to executemany as they are, no Python per row: the fixed
-        # values are literals in the statement and SQLite turns an empty value into null.
+        # The fixed values are literals in the statement, and SQLite turns an empty value into null.
         literals = ", ".join(_sql_literal(value) for value in fixed.values())
-        values = ", ".join("NULLIF(?, '')" for _ in columns)
-        sql = f"INSERT INTO {table} ({targets}) VALUES ({literals}, {values}) {suffix}"
+        fields = ", ".join(f"NULLIF(incoming.{name}, '')" for name in columns)
+        insert = f"INSERT INTO {table} ({targets}) SELECT {literals}, {fields} FROM temp.incoming WHERE true {suffix}"
+        statements = [*before, insert]
         (database, *_), _ = engine.dialect.create_connect_args(engine.url)  # the file, as the engine opens it
         if database != ":memory:" and not database.startswith("file:") and path.stat().st_size > APART_ABOVE_BYTES:
-            fields = ", ".join(f"NULLIF(incoming.{name}, '')" for name in columns)
-            select = f"INSERT INTO {table} ({targets}) SELECT {literals}, {fields} FROM temp.incoming WHERE true {suffix}"
-            return _import_apart(database, sql, select, path)
+            return _import_apart(database, columns, statements, path)
+        # The CSV reader's rows go to executemany as they are, no Python per row.
         with engine.begin() as conn, closing(conn.connection.dbapi_connection.cursor()) as cursor, \
                 path.open(newline="", encoding="utf-8") as source:
             reader = csv.reader(source)
             next(reader)
-            cursor.executemany(sql, reader)
-            return cursor.rowcount
+            cursor.execute("DROP TABLE IF EXISTS temp.incoming")
+            cursor.execute(f"CREATE TEMP TABLE incoming ({names})")
+            cursor.executemany(f"INSERT INTO temp.incoming VALUES ({', '.join('?' for _ in columns)})", reader)
+            for statement in statements:
+                cursor.execute(statement)
+            rows = cursor.rowcount
+            cursor.execute("DROP TABLE temp.incoming")
+            return rows
     with engine.begin() as conn, conn.connection.dbapi_connection.cursor() as cursor, path.open() as source:
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")
         cursor.execute(f"CREATE TEMP TABLE incoming ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
         cursor.copy_expert(f"COPY incoming ({names}) FROM STDIN WITH (FORMAT csv, HEADER true)", source)
+        for statement in before:
+            cursor.execute(statement)
         cursor.execute(
             f"INSERT INTO {table} ({targets}) SELECT {', '.join('%s' for _ in fixed)}, {names} FROM incoming {suffix}",
             tuple(fixed.values()),
@@ -242,12 +319,13 @@ def _load_csv(engine: sa.Engine, table: str, fixed: dict[str, str], columns: lis
 
 # What `_import_apart` runs. SQLite reads the file itself, through the CSV virtual table `vsv`
 # of sqlean.py (SQLite with its extensions built in), as `temp.incoming`, its columns named by
-# the file's header, and one INSERT ... SELECT takes every row. A file with a NUL character goes
-# through Python's CSV reader and executemany instead: `vsv` ends a value at a NUL, which an id
-# or a reason may hold.
+# the file's header, and the statements take its rows. A file with a NUL character goes through
+# Python's CSV reader and executemany into a temporary table instead: `vsv` ends a value at a
+# NUL, which an id or a reason may hold.
 _APART = """
-import os, sys
-database, values_sql, select_sql, path, parent = sys.argv[1:]
+import json, os, sys
+database, columns, statements, path, parent = sys.argv[1:]
+columns, statements = json.loads(columns), json.loads(statements)
 gone = "the sync this was written for is gone: not committed"
 
 def orphaned():
@@ -269,14 +347,16 @@ db.set_progress_handler(orphaned, 100_000)  # a statement of a sync that died is
 try:
     db.execute("BEGIN IMMEDIATE")
     if by_python:
+        db.execute(f"CREATE TEMP TABLE incoming ({', '.join(columns)})")
         with open(path, newline="", encoding="utf-8") as source:
             reader = csv.reader(source)
             next(reader)
-            rows = db.executemany(values_sql, reader).rowcount
+            db.executemany(f"INSERT INTO temp.incoming VALUES ({', '.join('?' for _ in columns)})", reader)
     else:
         quoted = path.replace("'", "''")
         db.execute(f"CREATE VIRTUAL TABLE temp.incoming USING vsv(filename='{quoted}', header=yes)")
-        rows = db.execute(select_sql).rowcount
+    for statement in statements:
+        rows = db.execute(statement).rowcount
 except dbapi.Error as error:
     sys.exit(gone if orphaned() else f"{type(error).__name__}: {error}")
 if orphaned():
@@ -287,8 +367,8 @@ print(rows)
 APART_ABOVE_BYTES = 1 << 20  # about 4,000 records' rows: below it, a child's start costs more than it saves
 
 
-def _import_apart(database: str, values_sql: str, select_sql: str, path: Path) -> int:
-    """Run the insert of `_load_csv` in a child process, and return its row count.
+def _import_apart(database: str, columns: list[str], statements: list[str], path: Path) -> int:
+    """Run the statements of `_load_csv` in a child process, and return the last one's row count.
 
     Python's sqlite3 binds each row under the interpreter lock and gives it up for each row's
     step. Run so in a thread of the sync, the import and the sync's main thread handed the lock to
@@ -299,7 +379,8 @@ def _import_apart(database: str, values_sql: str, select_sql: str, path: Path) -
     a few milliseconds and commits nothing: what that sync knew is not written after it, and the
     lock is not held for long."""
     done = subprocess.run(
-        [sys.executable, "-I", "-c", _APART, database, values_sql, select_sql, str(path), str(os.getpid())],
+        [sys.executable, "-I", "-c", _APART, database, json.dumps(columns), json.dumps(statements), str(path),
+         str(os.getpid())],
         capture_output=True, text=True,
     )
     if done.returncode:
