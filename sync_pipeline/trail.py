@@ -164,7 +164,7 @@ def record_trail(
             return None
         state = {name: as_utc(value) if isinstance(value, datetime) else value for name, value in row._mapping.items()}
         published_by = None if not state["held_batch_id"] else conn.execute(
-            sa.select(batches.c.sync_id).where(batches.c.batch_id == state["held_batch_id"])
+            sa.select(batches.c.sync_id).where(batches.c.batch_id == state["held_batch_id"], batches.c.merchant_id == merchant)
         ).scalar()
         stored = [
             shown

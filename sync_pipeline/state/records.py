@@ -243,7 +243,8 @@ def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns:
                     AND ({merged('source_seen_at')}) {differs} r.source_seen_at) AS seen,
                    (r.held_at IS NOT NULL AND b.sync_id IS NOT NULL
                     AND ({merged('held_at')}) {differs} r.held_at) AS published
-            FROM incoming i CROSS JOIN records r LEFT JOIN batches b ON b.batch_id = r.held_batch_id
+            FROM incoming i CROSS JOIN records r
+            LEFT JOIN batches b ON b.batch_id = r.held_batch_id AND b.merchant_id = r.merchant_id
             WHERE r.merchant_id = {_sql_literal(merchant)} AND r.entity_type = {_sql_literal(entity.value)}
               AND r.record_id = i.record_id
         ) AS stored WHERE seen OR published""",
