@@ -330,7 +330,8 @@ def _explain(args) -> int:
         print("  events, newest first:")
         for event in answer["events"]:
             extra = ", ".join(filter(None, [event["batchId"] and f"batch {event['batchId']}", event["detail"]]))
-            print(f"    {event['at']}  {event['event']:9} sync {event['syncId']}" + (f"  {extra}" if extra else ""))
+            by = f"sync {event['syncId']}" if event["syncId"] else "sync unknown (its batch is pruned)"
+            print(f"    {event['at']}  {event['event']:9} {by}" + (f"  {extra}" if extra else ""))
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .domain import EntityType, Event, as_utc, format_time, parse_time
-from .staging.store import PENDING_DELETE, PENDING_PUBLISH, TIME_FORMAT
+from .staging.store import PENDING_DELETE, PENDING_PUBLISH
 from .state import StateStore
 from .state.schema import batches, record_events, records, rejections
 
@@ -116,7 +116,7 @@ def _shown(event: sa.Row) -> list[dict[str, Any]]:
     }
     if event.event != Event.SEEN_PUBLISHED:
         return [shown]
-    seen_at = datetime.strptime(event.detail, TIME_FORMAT).replace(tzinfo=timezone.utc)
+    seen_at = datetime.fromisoformat(event.detail).replace(tzinfo=timezone.utc)  # staging's TIME_FORMAT, microseconds or not
     return [
         {**shown, "event": Event.PUBLISHED, "detail": None},
         {**shown, "at": _t(seen_at), "event": Event.SEEN, "batchId": None, "detail": None},

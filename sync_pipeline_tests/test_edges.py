@@ -245,7 +245,7 @@ def test_explain_says_why_a_record_is_or_is_not_at_the_gateway(sync_env, sandbox
     invalid = record_trail(store, EntityType.PRODUCT, victim["id"], merchant="default", park_after=2)
     assert invalid.sentence().startswith("The gateway holds the last valid version") and "listPrice is negative" in invalid.sentence()
     assert [e["event"] for e in invalid.events] == ["rejected", "published", "seen"]
-    published, seen = invalid.events[1:]  # stored as one row, seen+published: shown as the two
+    published, seen = invalid.events[1:]  # the record's row: the version it holds, and the one seen
     assert published["batchId"] and seen["batchId"] is None and seen["detail"] is published["detail"] is None
     assert parse_time(seen["at"]) < parse_time(published["at"])
     assert seen["contentHash"] == published["contentHash"] and seen["syncId"] == published["syncId"]

@@ -260,6 +260,7 @@ def test_a_row_that_replaces_a_seen_or_published_version_keeps_the_old_one_in_th
     save(
         "first",
         ("a", "h1", s1, t1, "h1", "b1", t2),
+        ("l", "h1", s1, t1, "h1", "b1", t2),  # its trail row written by an older release, below
         ("b", "h1", s1, t1, "h1", "b1", t2),
         ("c", "h1", s1, t1, "h1", "b1", t2),
         ("e", "h1", s1, t1, "h1", "pruned", t2),
@@ -271,21 +272,28 @@ def test_a_row_that_replaces_a_seen_or_published_version_keeps_the_old_one_in_th
         ("c", "h1", "", "", "", "", ""),  # deleted from the gateway
         ("e", "h1", "", "", "", "", ""),
         ("g", "h2", s2, t3, "h2", "b3", t4),
+        ("l", "h2", s2, t3, "h2", "b3", t4),
     )
+    with state_store.engine.begin() as conn:
+        conn.execute(record_events.insert().values(
+            merchant_id="default", entity_type="PRODUCT", record_id="l", sync_id=s1,
+            event_at=datetime(2026, 3, 2), event="seen+published", content_hash="h1", batch_id="b1", detail=t1,
+        ))
     save("second", *second)
     save("again", *second)  # the same rows once more: nothing is replaced
 
     with state_store.engine.connect() as conn:
-        trail = {
+        trail = sorted(
             (row.record_id, row.sync_id, str(row.event_at)[:19], row.event, row.content_hash, row.batch_id, row.detail)
             for row in conn.execute(sa.select(record_events))
-        }
-    assert trail == {
+        )
+    assert trail == sorted([
         ("a", s1, t2[:19], "seen+published", "h1", "b1", t1),
         ("c", s1, t2[:19], "published", "h1", "b1", None),
         ("g", s1, t1[:19], "seen", "h1", None, None),
         ("g", s2, t2[:19], "published", "h1", "b2", None),
-    }
+        ("l", s1, t2[:19], "seen+published", "h1", "b1", t1),  # once
+    ])
     shown = record_trail(state_store, P, "a", merchant="default", park_after=None).events
     assert [(e["event"], e["contentHash"], e["syncId"], e["batchId"]) for e in shown] == [
         ("published", "h2", s2, "b3"), ("seen", "h2", s2, None), ("published", "h1", s1, "b1"), ("seen", "h1", s1, None),
@@ -300,6 +308,26 @@ def test_a_row_that_replaces_a_seen_or_published_version_keeps_the_old_one_in_th
     assert [(e["event"], e["at"], e["syncId"]) for e in shown] == [
         ("published", "2026-03-02T00:00:00Z", s1), ("seen", "2026-03-01T00:00:00Z", s1),
     ]
+
+
+def test_a_small_save_waits_for_another_writer_of_sqlite(tmp_path):
+    """A save reads the stored rows before it writes (the versions it replaces): it takes the
+    write lock first, so another sync's import holding it makes it wait, not fail."""
+    import sqlite3
+    import threading
+    import time
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    path = tmp_path / "rows.csv"
+    path.write_text(RECORD_HEADER + "a,h1,,2025-03-01 10:00:00.000000,s1,2026-03-01 00:00:00.000000,,,,,,,,,0,,,,1\n")
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, lambda: other.execute("COMMIT")).start()
+    began = time.monotonic()
+    assert store.import_records(P, path) == 1
+    assert time.monotonic() - began >= 0.4 and store.count_records(P) == 1
+    other.close()
+    store.dispose()
 
 
 def test_the_sqlite_export_keeps_ids_and_reasons_with_a_nul_a_comma_a_quote_or_a_line_break(tmp_path):

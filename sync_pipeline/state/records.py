@@ -4,8 +4,8 @@ A sync reads the rows of its (merchant, type) at the start and writes back the r
 nothing else about records is kept between runs. CSV is the interchange because both ends move
 it in bulk without Python touching each value: PostgreSQL with COPY, DuckDB with read_csv and
 COPY TO. On SQLite (one machine, the default) rows are written back through the DBAPI, by one
-executemany over the CSV reader, or a large file's by SQLite reading the file itself in a child
-process, off the sync's interpreter lock (`_APART`); all of a (merchant, type)'s rows are read
+executemany over the CSV reader into a temporary table, or a large file's by SQLite reading the
+file itself in a child process, off the sync's interpreter lock (`_APART`); all of a (merchant, type)'s rows are read
 out as CSV lines
 that SQLite writes itself, a chunk of thousands of rows per statement, with the interpreter
 lock given up for each. Read a row at a time into Python's csv module, they held the
@@ -211,11 +211,13 @@ def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns:
     A record's row is its newest trail: the version last seen (`source_*`) and the one the
     gateway holds (`held_*`) are events that no `record_events` row repeats while the row still
     says them (trail.py shows them from the row). So a first sync of a million records writes no
-    trail rows for them, where it wrote a million (and its state store took them in 2 of each
-    sync's 4 core-seconds of SQLite). Each version goes to `record_events` here once it is
-    replaced: as one `seen+published` row when the gateway held the version seen and the sync
-    that saw it sent it (as a sync writes it), else as a row each. A published version whose
-    batch is pruned is past the retention itself, and is not written."""
+    trail rows for them, where it wrote a million: its state store file is 321 MB, not 613, and
+    its child processes (the parsing and these imports) took 18-20 core-seconds, not 21-25.
+    Each version goes to `record_events` here once it is replaced: as one `seen+published` row
+    when both are replaced at once, the gateway held the version seen and the sync that saw it
+    sent it; else as a row each. Not twice: a row an older release wrote as the events happened
+    is not written again. A published version whose batch is pruned is past the retention
+    itself, and is not written."""
     sqlite = dialect == "sqlite"
 
     def incoming(name: str) -> str:
@@ -261,7 +263,13 @@ def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns:
                 UNION ALL
                 SELECT record_id, held_sync_id, held_at, '{Event.PUBLISHED}', held_hash, held_batch_id, NULL
                 FROM superseded WHERE published AND NOT ({both})
-            ) AS versions""",
+            ) AS versions
+            WHERE NOT EXISTS (
+                SELECT 1 FROM record_events e
+                WHERE e.merchant_id = {_sql_literal(merchant)} AND e.entity_type = {_sql_literal(entity.value)}
+                  AND e.record_id = versions.record_id AND e.event_at = versions.event_at AND e.event = versions.event
+            )""",
+        "DROP TABLE temp.superseded" if sqlite else "DROP TABLE pg_temp.superseded",
     ]
 
 
@@ -297,6 +305,10 @@ def _load_csv(
                 path.open(newline="", encoding="utf-8") as source:
             reader = csv.reader(source)
             next(reader)
+            # the write lock first, as a child takes it: a statement that reads the database
+            # before one that writes it would fail at once, not wait, if another took it between
+            if not conn.connection.dbapi_connection.in_transaction:
+                cursor.execute("BEGIN IMMEDIATE")
             cursor.execute("DROP TABLE IF EXISTS temp.incoming")
             cursor.execute(f"CREATE TEMP TABLE incoming ({names})")
             cursor.executemany(f"INSERT INTO temp.incoming VALUES ({', '.join('?' for _ in columns)})", reader)

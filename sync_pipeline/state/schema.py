@@ -142,9 +142,11 @@ records = sa.Table(
     ),
 )
 
-# Each record's trail: what happened to it, sync by sync (see staging.store.Event; a version seen
-# and published by the same sync is one row, `seen+published`). Pruned after SYNC_RETENTION_DAYS;
-# the record's current state above is what the next sync needs.
+# Each record's trail: what happened to it, sync by sync (see domain.Event). Its newest `seen`
+# and `published` are its row in `records`, written here once a later row replaces them (one row,
+# `seen+published`, for a version seen and published by the same sync; records.py
+# `_superseded_events`). Pruned after SYNC_RETENTION_DAYS; the record's current state above is
+# what the next sync needs.
 record_events = sa.Table(
     "record_events",
     metadata,
