@@ -211,7 +211,7 @@ def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns:
     A record's row is its newest trail: the version last seen (`source_*`) and the one the
     gateway holds (`held_*`) are events that no `record_events` row repeats while the row still
     says them (trail.py shows them from the row). So a first sync of a million records writes no
-    trail rows for them, where it wrote a million: its state store file is 321 MB, not 613, and
+    trail rows for them, where it wrote a million: its state store file is 320 MiB, not 613, and
     its child processes (the parsing and these imports) took 18-20 core-seconds, not 21-25.
     Each version goes to `record_events` here once it is replaced: as one `seen+published` row
     when both are replaced at once, the gateway held the version seen and the sync that saw it
