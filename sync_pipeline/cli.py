@@ -330,7 +330,7 @@ def _explain(args) -> int:
         print("  events, newest first:")
         for event in answer["events"]:
             extra = ", ".join(filter(None, [event["batchId"] and f"batch {event['batchId']}", event["detail"]]))
-            by = f"sync {event['syncId']}" if event["syncId"] else "sync unknown (its batch is pruned)"
+            by = f"sync {event['syncId']}" if event["syncId"] else "sync unknown (its batch is no longer in the state store)"
             print(f"    {event['at']}  {event['event']:9} {by}" + (f"  {extra}" if extra else ""))
     return EXIT_OK
 
