@@ -330,6 +330,25 @@ def test_a_small_save_waits_for_another_writer_of_sqlite(tmp_path):
     store.dispose()
 
 
+def test_explain_shows_a_held_version_whose_batch_is_gone_from_an_unknown_sync(tmp_path, monkeypatch, capsys):
+    """A holding whose batch the state store no longer has (pruned, or adopted from the old local
+    staging) is still the newest `published` of the trail, by a sync it cannot name."""
+    from sync_pipeline.cli import main
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    monkeypatch.setenv("SYNC_STATE_URL", url)
+    store = StateStore(url)
+    path = tmp_path / "rows.csv"
+    path.write_text(RECORD_HEADER + "a,h1,,2025-03-01 10:00:00.000000,s1,2026-03-01 00:00:00.000000,,,"
+                    "h1,b-gone,2026-03-01 00:00:01.000000,,,,0,,,,0\n")
+    store.import_records(P, path)
+    assert main(["explain", "PRODUCT", "a"]) == 0
+    events = capsys.readouterr().out.split("events, newest first:")[1].splitlines()
+    assert "published sync unknown (its batch is no longer in the state store)  batch b-gone" in events[1]
+    assert "seen      sync s1" in events[2]
+    store.dispose()
+
+
 def test_the_sqlite_export_keeps_ids_and_reasons_with_a_nul_a_comma_a_quote_or_a_line_break(tmp_path):
     """SQLite writes a merchant's rows as CSV lines itself, the pipeline's own columns through
     `printf`, which stops at a NUL character: the source's text (ids, rejection reasons) may hold
