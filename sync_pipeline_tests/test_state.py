@@ -478,6 +478,55 @@ def test_only_records_held_at_the_version_last_listed_and_owed_nothing_may_be_ta
     assert state_store.listed_digests(C) == b""
 
 
+
+def test_what_the_gateway_holds_is_counted_as_all_records_less_those_it_does_not_hold(state_store):
+    """All of a (merchant, type)'s records less the few the gateway does not hold, each count
+    from an index alone: a store that only knows "held" from each row's held_hash read every row."""
+    from sync_pipeline.state.schema import records
+
+    def row(record_id: str, merchant: str = "default", entity: str = "PRODUCT", **changes) -> dict:
+        return dict(merchant_id=merchant, entity_type=entity, record_id=record_id, source_hash="h", held_hash="h",
+                    refused_times=0, pending=0) | changes
+
+    with state_store.engine.begin() as conn:
+        for values in (
+            row("a"), row("b"), row("c", held_hash="h0", pending=1),  # held, one at an older version
+            row("refused", held_hash=None, refused_hash="h", refused_times=1, pending=1),
+            row("never-valid", source_hash=None, held_hash=None, rejected_reason="title is missing"),
+            row("deleted", held_hash=None, gone_at=T0, deleted_at=T0),
+            row("theirs", merchant="acme"), row("a-collection", entity="COLLECTION"),
+        ):
+            conn.execute(records.insert().values(**values))
+    assert (state_store.count_held(P), state_store.count_records(P)) == (3, 6)
+    assert (state_store.count_held(P, merchant="acme"), state_store.count_held(C)) == (1, 1)
+    assert state_store.count_held(P, merchant="nobody") == 0
+    if state_store.engine.dialect.name == "sqlite":
+        with state_store.engine.connect() as conn:
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM records"
+                " WHERE merchant_id = 'default' AND entity_type = 'PRODUCT' AND held_hash IS NULL"
+            ).fetchall()
+        assert "USING INDEX records_unheld" in str(plan)
+
+
+def test_a_store_of_the_last_release_gets_the_index_of_records_not_held(state_store):
+    """Schema version 4 had no `records_unheld`: opening the store makes it, for rows it has."""
+    from sync_pipeline.state.schema import records
+
+    url = state_store.engine.url.render_as_string(hide_password=False)
+    with state_store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX records_unheld")
+        conn.exec_driver_sql("UPDATE schema_version SET version = 4 WHERE version = 5")  # a fresh store has one row
+        conn.execute(records.insert().values(merchant_id="default", entity_type="PRODUCT", record_id="refused",
+                                             held_hash=None, refused_times=1, pending=1))
+    reopened = StateStore(url)
+    with reopened.engine.connect() as conn:
+        indexes = {index["name"] for index in sa.inspect(conn).get_indexes("records")}
+        versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY version")]
+    assert "records_unheld" in indexes and versions[-1] == CURRENT_VERSION == 5
+    assert (reopened.count_held(P), reopened.count_records(P)) == (0, 1)
+    reopened.dispose()
+
 def test_a_record_is_not_pruned_while_a_sync_of_its_type_is_queued_or_running(state_store):
     from sync_pipeline.state.schema import records
 
@@ -600,7 +649,7 @@ def test_a_store_of_the_last_release_gets_the_listed_hash_column(tmp_path):
     store = StateStore(f"sqlite:///{path}")
     assert store.listed_digests(P) == b""  # kept, but parsed once more before it can be taken unparsed
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (CURRENT_VERSION,)
         assert db.execute("SELECT record_id, listed_hash FROM records").fetchall() == [("a", None)]
     store.dispose()
 

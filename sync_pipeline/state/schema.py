@@ -140,6 +140,15 @@ records = sa.Table(
         sqlite_where=sa.text("pending <> 0"),
         postgresql_where=sa.text("pending <> 0"),
     ),
+    # the few records the gateway does not hold: what it holds is counted as all of them (the
+    # primary key's index alone) less these, not by reading every row's held_hash
+    sa.Index(
+        "records_unheld",
+        "merchant_id",
+        "entity_type",
+        sqlite_where=sa.text("held_hash IS NULL"),
+        postgresql_where=sa.text("held_hash IS NULL"),
+    ),
 )
 
 # Each record's trail: what happened to it, sync by sync (see domain.Event). Its newest `seen`
@@ -231,5 +240,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (4, ["ALTER TABLE records ADD COLUMN listed_hash VARCHAR(32)"]),
+    # IF NOT EXISTS: create_all makes it with the table, where a store had no records table yet
+    (5, ["CREATE INDEX IF NOT EXISTS records_unheld ON records (merchant_id, entity_type) WHERE held_hash IS NULL"]),
 ]
 CURRENT_VERSION = 1 + len(MIGRATIONS)
