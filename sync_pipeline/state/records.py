@@ -465,16 +465,17 @@ def import_events(engine: sa.Engine, merchant: str, entity: EntityType, sync_id:
 
 def count_records(engine: sa.Engine, merchant: str, entity: EntityType, *, held_only: bool = True) -> int:
     """How many records of (merchant, entity) the gateway holds from this service (or, not
-    `held_only`, the state store knows). Those it holds are all of them less those it does not
-    (`records_unheld`): both counts read an index alone, where counting the rows whose
-    held_hash is set read every row (0.5 s of a latest sync at 1M records on SQLite, against
-    0.1 s)."""
+    `held_only`, the state store knows). On SQLite, those it holds are all of them less those it
+    does not (`records_unheld`), each count read from an index alone: counted by each row's
+    held_hash, SQLite read every row (at 1M records, 0.50 s of a latest sync, against 0.07 s)."""
     where = [records.c.merchant_id == merchant, records.c.entity_type == entity.value]
-    known = sa.select(sa.func.count()).select_from(records).where(*where).scalar_subquery()
-    if held_only:  # in one statement: one snapshot of both
-        unheld = sa.select(sa.func.count()).select_from(records).where(*where, records.c.held_hash.is_(None))
-        query = sa.select(known - unheld.scalar_subquery())
+    count = sa.select(sa.func.count()).select_from(records)
+    if not held_only:
+        query = count.where(*where)
+    elif engine.dialect.name == "sqlite":  # in one statement: one snapshot of both
+        unheld = count.where(*where, records.c.held_hash.is_(None))
+        query = sa.select(count.where(*where).scalar_subquery() - unheld.scalar_subquery())
     else:
-        query = sa.select(known)
+        query = count.where(*where, records.c.held_hash.is_not(None))
     with engine.connect() as conn:
         return conn.execute(query).scalar_one()

@@ -170,6 +170,10 @@ class StateStore:
         for version, statements in schema.MIGRATIONS:
             if version > current:
                 for statement in statements:
+                    if isinstance(statement, tuple):  # (dialect, SQL): for that database only
+                        dialect, statement = statement
+                        if dialect != conn.dialect.name:
+                            continue
                     if not _adds_a_column_it_has(conn, statement):  # a table create_all just made
                         conn.execute(sa.text(statement))
                 conn.execute(schema.schema_version.insert().values(version=version, applied_at=utcnow()))
