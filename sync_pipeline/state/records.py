@@ -21,7 +21,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -192,16 +192,24 @@ def import_records(engine: sa.Engine, merchant: str, entity: EntityType, path: P
     if columns[:1] != ["record_id"] or not set(DIFF_COLUMNS) <= set(columns) <= set(COLUMNS):
         raise ValueError(f"{path}: the header must start with record_id and name all of {DIFF_COLUMNS}, not {columns}")
     updates = {name: f"excluded.{name}" for name in columns[1:]}
-    for stamp, (group_key, group) in WRITTEN_ONLY.items():
+    for _, group in WRITTEN_ONLY.values():
         for name in group:
-            cleared = f"WHEN excluded.{group_key} IS NULL THEN NULL " if group_key else ""
-            updates[name] = f"CASE WHEN excluded.{stamp} IS NOT NULL THEN excluded.{name} {cleared}ELSE records.{name} END"
+            updates[name] = _merged(name, lambda column: f"excluded.{column}", "records")
     upsert = "ON CONFLICT (merchant_id, entity_type, record_id) DO UPDATE SET " + ", ".join(
         f"{name} = {value}" for name, value in updates.items()
     )
     fixed = {"merchant_id": merchant, "entity_type": entity.value}
     before = _superseded_events(engine.dialect.name, merchant, entity, columns)
     return _load_csv(engine, "records", fixed, columns, path, upsert, before=before)
+
+
+def _merged(name: str, new: Callable[[str], str], stored: str) -> str:
+    """SQL for what the upsert of `import_records` leaves in the written-only column `name` (see
+    WRITTEN_ONLY): `new(column)` is the incoming value of a column, `stored` the stored row's
+    table or alias."""
+    stamp, (key, _) = next((stamp, group) for stamp, group in WRITTEN_ONLY.items() if name in group[1])
+    cleared = f"WHEN {new(key)} IS NULL THEN NULL " if key else ""
+    return f"CASE WHEN {new(stamp)} IS NOT NULL THEN {new(name)} {cleared}ELSE {stored}.{name} END"
 
 
 def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns: list[str]) -> list[str]:
@@ -225,11 +233,6 @@ def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns:
             return "NULL"  # as the upsert takes it: `excluded.name` is null
         return f"NULLIF(i.{name}, '')" if sqlite else f"i.{name}"
 
-    def merged(name: str) -> str:  # what the upsert leaves in the written-only column `name`
-        stamp, (key, _) = next((stamp, group) for stamp, group in WRITTEN_ONLY.items() if name in group[1])
-        cleared = f"WHEN {incoming(key)} IS NULL THEN NULL " if key else ""
-        return f"CASE WHEN {incoming(stamp)} IS NOT NULL THEN {incoming(name)} {cleared}ELSE r.{name} END"
-
     differs = "IS NOT" if sqlite else "IS DISTINCT FROM"
     seen_at = "r.source_seen_at" if sqlite else "to_char(r.source_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
     temporary = "CREATE TEMP TABLE superseded" + ("" if sqlite else " ON COMMIT DROP")
@@ -242,9 +245,9 @@ def _superseded_events(dialect: str, merchant: str, entity: EntityType, columns:
             SELECT r.record_id, r.source_sync_id, r.source_seen_at, {seen_at} AS seen_text, r.source_hash,
                    r.held_at, r.held_hash, r.held_batch_id, b.sync_id AS held_sync_id,
                    (r.source_seen_at IS NOT NULL AND r.source_sync_id IS NOT NULL
-                    AND ({merged('source_seen_at')}) {differs} r.source_seen_at) AS seen,
+                    AND ({_merged('source_seen_at', incoming, 'r')}) {differs} r.source_seen_at) AS seen,
                    (r.held_at IS NOT NULL AND b.sync_id IS NOT NULL
-                    AND ({merged('held_at')}) {differs} r.held_at) AS published
+                    AND ({_merged('held_at', incoming, 'r')}) {differs} r.held_at) AS published
             FROM incoming i CROSS JOIN records r
             LEFT JOIN batches b ON b.batch_id = r.held_batch_id AND b.merchant_id = r.merchant_id
             WHERE r.merchant_id = {_sql_literal(merchant)} AND r.entity_type = {_sql_literal(entity.value)}
